@@ -1,0 +1,1 @@
+"""bio_fm: protein specifics (ESM-compatible alphabet, FASTA datasets, embedded UniProt slice)."""

@@ -1,0 +1,72 @@
+"""FASTA (plain or gzip) -> ``SequenceDataset`` of protein token ids, with an explicit bad-input policy."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from Bio import SeqIO
+
+from fm_core.data import ReadStats, SequenceDataset
+from fm_core.tokenizer import InvalidRecordError, Tokenizer
+
+log = logging.getLogger(__name__)
+Policy = Literal["error", "skip"]
+
+
+def open_text(path: str | Path) -> io.TextIOBase:
+    """Open a text file, transparently gunzipping (detected by magic bytes, not by name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such FASTA file: {path}")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    raw = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    # undecodable bytes become U+FFFD, which the tokenizer then reports with its position
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
+
+
+def iter_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(record id, sequence) pairs, read with Biopython. Errors name the file."""
+    with open_text(path) as handle:
+        try:
+            for rec in SeqIO.parse(handle, "fasta"):
+                yield rec.id, str(rec.seq)
+        except (ValueError, EOFError, OSError) as err:  # malformed layout, truncated gzip
+            raise ValueError(f"file {path}: cannot parse FASTA: {err}") from err
+
+
+def fasta_dataset(path: str | Path, tokenizer: Tokenizer, *, on_invalid: Policy = "error",
+                  min_length: int = 1, max_records: int | None = None) -> SequenceDataset:
+    """Read and tokenize every record. Empty/short records are skipped and counted; a record
+    with an invalid character raises (``on_invalid="error"``) or is skipped and counted."""
+    if on_invalid not in ("error", "skip"):
+        raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
+    stats = ReadStats(str(path))
+    arrays, names = [], []
+    for name, seq in iter_fasta(path):
+        if max_records is not None and stats.read >= max_records:
+            break
+        stats.read += 1
+        try:
+            ids = tokenizer.encode(seq, record=name, source=str(path))
+        except InvalidRecordError as err:
+            if on_invalid == "error":
+                raise
+            stats.reject("invalid", str(err))
+            continue
+        if len(ids) < max(min_length, 1):
+            stats.reject("empty" if len(ids) == 0 else "too_short", f"record {name!r}: {len(ids)} residues")
+            continue
+        arrays.append(ids)
+        names.append(name)
+        stats.kept += 1
+    stats.check()
+    if stats.rejected:
+        log.warning("%s: kept %d of %d records, rejected %s; e.g. %s", path, stats.kept, stats.read,
+                    dict(stats.rejected), "; ".join(stats.examples))
+    return SequenceDataset(arrays, names, stats)

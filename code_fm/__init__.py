@@ -1,0 +1,1 @@
+"""code_fm: source-code specifics (BPE tokenizer, code datasets, completion decoding)."""

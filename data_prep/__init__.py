@@ -1,0 +1,1 @@
+"""data_prep: raw corpora -> clean, deduplicated, leakage-free splits."""

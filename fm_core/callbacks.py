@@ -1,0 +1,66 @@
+"""Callbacks of general use: a learning-curve picture saved in the run and logged to W&B."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+class LearningCurve(L.Callback):
+    """Records train loss and validation metrics; on fit end draws ``learning_curve.png``."""
+
+    def __init__(self, path: str, val_keys: tuple[str, ...] = ("val/perplexity", "val/unigram_perplexity")):
+        self.path = Path(path)
+        self.val_keys = tuple(val_keys)
+        self.train: list[tuple[int, float]] = []
+        self.val: dict[str, list[tuple[int, float]]] = {k: [] for k in self.val_keys}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0 and "train/loss" in trainer.callback_metrics:
+            self.train.append((trainer.global_step, float(trainer.callback_metrics["train/loss"])))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        for key in self.val_keys:
+            if key in trainer.callback_metrics:
+                self.val[key].append((trainer.global_step, float(trainer.callback_metrics[key])))
+
+    def state_dict(self) -> dict:
+        return {"train": self.train, "val": self.val}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train, self.val = list(state["train"]), {k: list(v) for k, v in state["val"].items()}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or not (self.train or any(self.val.values())):
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+        if self.train:
+            steps, values = zip(*self.train, strict=True)
+            ax_loss.plot(steps, values, lw=1)
+        ax_loss.set(xlabel="step", ylabel="train loss (masked tokens)", title="training")
+        for key, points in self.val.items():
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax_val.plot(steps, values, marker="o", label=key)
+        ax_val.set(xlabel="step", ylabel="perplexity", title="validation")
+        ax_val.legend()
+        fig.tight_layout()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.path, dpi=100)
+        plt.close(fig)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image("learning_curve", [str(self.path)])
+        log.info("learning curve: %s", self.path)

@@ -1,0 +1,23 @@
+"""Console entry points (Hydra apps). Each only composes the config and calls a plain function."""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+from omegaconf import DictConfig
+
+# W&B is offline unless the user explicitly says otherwise; nothing here touches the network.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from fm_core.train import train  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="pkg://fm_core.conf", config_name="pretrain")
+def pretrain(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    pretrain()

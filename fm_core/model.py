@@ -1,0 +1,218 @@
+"""The shared backbone: a pre-LayerNorm rotary transformer encoder with a tied masked-LM head.
+
+Plain ``nn.Module``s; Lightning only wraps them (see ``fm_core.module``). The parameterisation is
+the one of fair-esm's ``ESM2`` so that its checkpoints map onto these modules one to one:
+LayerNorm before attention and before the MLP, rotary embeddings on q and k, exact (erf) GELU,
+a final LayerNorm, and a RoBERTa-style LM head (dense, GELU, LayerNorm, projection on the tied
+token embedding plus a bias). q, k and v are one fused projection (ESM's three, concatenated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from fm_core.config import EncoderConfig
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (RoFormer), GPT-NeoX layout: the two halves of each head rotate."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def cos_sin(self, length: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        key = (length, device, dtype)
+        if key not in self._cache:
+            if len(self._cache) > 64:  # many distinct lengths: keep memory bounded
+                self._cache.clear()
+            t = torch.arange(length, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))  # (L, Dh/2)
+            emb = torch.cat((freqs, freqs), dim=-1)  # (L, Dh)
+            self._cache[key] = (emb.cos().to(dtype), emb.sin().to(dtype))
+        return self._cache[key]
+
+    @staticmethod
+    def rotate_half(x: Tensor) -> Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((-x2, x1), dim=-1)
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        # q, k: (B, H, L, Dh)
+        cos, sin = self.cos_sin(q.shape[-2], q.device, q.dtype)
+        return q * cos + self.rotate_half(q) * sin, k * cos + self.rotate_half(k) * sin
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
+        self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rotary_base)
+
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        B, L, D = x.shape
+        qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
+        q, k = self.rotary(q, k)
+        weights = None
+        if need_weights:
+            # explicit path: the attention maps are needed (contact prediction, analysis)
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # (B, H, L, L)
+            if key_padding_mask is not None:
+                scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            weights = scores.float().softmax(dim=-1)  # (B, H, L, L)
+            out = weights.type_as(v) @ v  # (B, H, L, Dh)
+        else:
+            attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, L, Dh)
+        out = out.transpose(1, 2).reshape(B, L, D)
+        return self.out_proj(out), weights
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.attn = SelfAttention(cfg)
+        self.mlp_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.fc1 = nn.Linear(cfg.embed_dim, cfg.ffn_dim)
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
+
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        h, weights = self.attn(self.attn_norm(x), key_padding_mask, need_weights)
+        x = x + h  # (B, L, D)
+        x = x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))  # exact erf GELU, as ESM
+        return x, weights
+
+
+class Encoder(nn.Module):
+    """Token ids -> contextual representations (ESM-2's body without its heads)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("EncoderConfig.vocab_size is unset: it must come from the tokenizer")
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=cfg.pad_id)
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+
+    def embed(self, tokens: Tensor, padding_mask: Tensor) -> Tensor:
+        x = self.embed_tokens(tokens)  # (B, L, D)
+        if self.cfg.token_dropout:
+            # ESM-2: zero the <mask> embeddings and rescale by the observed mask ratio per sequence
+            is_mask = tokens.eq(self.cfg.mask_id)
+            x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            lengths = (~padding_mask).sum(-1)
+            observed = is_mask.sum(-1).to(x.dtype) / lengths
+            x = x * (1 - self.cfg.mask_ratio_train) / (1 - observed)[:, None, None]
+        return x * (~padding_mask).unsqueeze(-1).to(x.dtype)
+
+    def forward(
+        self, tokens: Tensor, repr_layers: Iterable[int] = (), need_weights: bool = False
+    ) -> dict[str, Any]:
+        """tokens (B, L) -> {"hidden": (B, L, D) after the final LayerNorm,
+        "representations": {layer: (B, L, D)} (0 = embeddings, num_layers = final, normed),
+        "attentions": (B, num_layers, H, L, L) when need_weights}."""
+        padding_mask = tokens.eq(self.cfg.pad_id)  # (B, L), True at padding
+        x = self.embed(tokens, padding_mask)
+        key_padding_mask = padding_mask if padding_mask.any() else None
+        wanted = set(repr_layers)
+        reps: dict[int, Tensor] = {0: x} if 0 in wanted else {}
+        attentions = []
+        use_ckpt = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers, start=1):
+            if use_ckpt and not need_weights:
+                x, w = checkpoint(layer, x, key_padding_mask, False, use_reentrant=False)
+            else:
+                x, w = layer(x, key_padding_mask, need_weights)
+            if i in wanted:
+                reps[i] = x
+            if need_weights:
+                attentions.append(w)
+        x = self.final_norm(x)
+        if self.cfg.num_layers in wanted:
+            reps[self.cfg.num_layers] = x  # as ESM: the last representation is normalised
+        out: dict[str, Any] = {"hidden": x, "representations": reps}
+        if need_weights:
+            att = torch.stack(attentions, dim=1)  # (B, layers, H, L, L)
+            if key_padding_mask is not None:
+                keep = (~padding_mask).to(att.dtype)
+                att = att * (keep[:, :, None] * keep[:, None, :])[:, None, None]
+            out["attentions"] = att
+        return out
+
+
+class MLMHead(nn.Module):
+    """RoBERTa LM head: dense -> GELU -> LayerNorm -> tied projection + bias."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.embed_dim, cfg.embed_dim)
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: Tensor, embedding_weight: Tensor) -> Tensor:
+        x = self.norm(F.gelu(self.dense(hidden)))  # (..., D)
+        return F.linear(x, embedding_weight) + self.bias  # (..., V)
+
+
+class MaskedLM(nn.Module):
+    """Encoder + tied MLM head. ``forward`` mirrors fair-esm's ESM2 outputs."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.lm_head = MLMHead(cfg)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.num_layers)  # residual-branch outputs (GPT-2)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_residual_out = name.endswith(("attn.out_proj", "fc2"))
+                nn.init.normal_(module.weight, std=out_std if is_residual_out else std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.lm_head.bias)
+
+    def mlm_logits(self, hidden: Tensor) -> Tensor:
+        return self.lm_head(hidden, self.encoder.embed_tokens.weight)
+
+    def forward(
+        self, tokens: Tensor, repr_layers: Iterable[int] = (), need_weights: bool = False
+    ) -> dict[str, Any]:
+        out = self.encoder(tokens, repr_layers=repr_layers, need_weights=need_weights)
+        out["logits"] = self.mlm_logits(out["hidden"])  # (B, L, V)
+        return out
+
+
+def build_model(size: str, tokenizer: Any, **overrides: Any) -> MaskedLM:
+    """Hydra entry point: a named size from the registry, vocabulary and special ids from the tokenizer."""
+    cfg = EncoderConfig.from_name(
+        size, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id, **overrides
+    )
+    return MaskedLM(cfg)

@@ -1,0 +1,91 @@
+"""LightningModule for masked-language-model pre-training. The backbone is injected (``net``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.text import Perplexity
+
+from fm_core.masking import IGNORE
+from fm_core.model import MaskedLM
+
+
+def param_groups(net: torch.nn.Module) -> list[dict[str, Any]]:
+    """Weight decay on matrices only; biases, LayerNorm gains and such get none."""
+    decay, no_decay = [], []
+    for p in net.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class MLMModule(L.LightningModule):
+    def __init__(self, net: MaskedLM, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, tokenizer: Any = None,
+                 unigram_log_probs: Tensor | None = None):
+        super().__init__()
+        self.net = net
+        self.tokenizer = tokenizer
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.register_buffer("unigram_log_probs", unigram_log_probs, persistent=False)
+        v = net.config.vocab_size
+        self.val_ppl = Perplexity(ignore_index=IGNORE)
+        self.val_unigram_ppl = Perplexity(ignore_index=IGNORE)
+        self.val_acc = MulticlassAccuracy(num_classes=v, average="micro", ignore_index=IGNORE)
+        self.tokens_seen = 0  # real (non-padding) tokens trained on
+
+    def masked_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Logits and labels at the selected positions only: the LM head never runs elsewhere."""
+        hidden = self.net.encoder(batch["input_ids"])["hidden"]  # (B, L, D)
+        selected = batch["labels"] != IGNORE  # (B, L)
+        return self.net.mlm_logits(hidden[selected]), batch["labels"][selected]  # (N, V), (N,)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits, labels = self.masked_logits(batch)
+        loss = F.cross_entropy(logits.float(), labels)
+        real = batch["input_ids"].ne(self.net.config.pad_id)
+        n_real = int(real.sum())
+        self.tokens_seen += n_real
+        self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel())
+        self.log("train/padding_fraction", 1.0 - n_real / real.numel(), batch_size=real.shape[0])
+        self.log("train/batch_tokens", float(n_real), batch_size=1, reduce_fx="sum", on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits, labels = self.masked_logits(batch)
+        self.val_ppl.update(logits.float()[None], labels[None])
+        self.val_acc.update(logits, labels)
+        if self.unigram_log_probs is not None:
+            uni = self.unigram_log_probs.expand(labels.numel(), -1)  # (N, V): the same guess everywhere
+            self.val_unigram_ppl.update(uni[None], labels[None])
+
+    def on_validation_epoch_end(self) -> None:
+        ppl = self.val_ppl.compute()
+        self.log_dict({"val/perplexity": ppl, "val/loss": ppl.log(), "val/accuracy": self.val_acc.compute()},
+                      prog_bar=True)
+        if self.unigram_log_probs is not None:
+            self.log("val/unigram_perplexity", self.val_unigram_ppl.compute())
+        for metric in (self.val_ppl, self.val_acc, self.val_unigram_ppl):
+            metric.reset()
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(param_groups(self.net))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # self-describing Lightning checkpoints: enough to rebuild net and tokenizer without Hydra
+        checkpoint["fm_toolkit"] = {"model": self.net.config.to_dict(),
+                                    "tokenizer": self.tokenizer.to_dict() if self.tokenizer else None,
+                                    "tokens_seen": self.tokens_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get("fm_toolkit", {}).get("tokens_seen", 0))

@@ -1,0 +1,80 @@
+"""The tokenizer interface every corpus implements, and safe (re)loading of saved tokenizers.
+
+A tokenizer turns one record (a protein sequence, a source file) into a 1-D array of regular
+token ids *without* special tokens; ``add_special_tokens`` wraps it for the model. Collators,
+masking and the model only use the ids exposed here, so protein and code share them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+# Only modules inside these packages may be named by a saved tokenizer: loading a checkpoint
+# never imports arbitrary code named by a file.
+TRUSTED_PACKAGES = ("fm_core", "bio_fm", "code_fm", "tasks")
+_REGISTRY: dict[str, type] = {}
+
+
+class InvalidRecordError(ValueError):
+    """A record that cannot be tokenized. The message names the source, the record and why."""
+
+    def __init__(self, reason: str, *, source: str | None = None, record: str | None = None,
+                 position: int | None = None):
+        self.reason, self.source, self.record, self.position = reason, source, record, position
+        where = []
+        if source is not None:
+            where.append(f"file {source}")
+        if record is not None:
+            where.append(f"record {record!r}")
+        if position is not None:
+            where.append(f"position {position}")
+        super().__init__(f"{', '.join(where) or 'input'}: {reason}")
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    vocab_size: int
+    pad_id: int
+    mask_id: int
+    bos_id: int | None
+    eos_id: int | None
+
+    @property
+    def special_ids(self) -> np.ndarray: ...  # never masked, never predicted
+
+    @property
+    def random_ids(self) -> np.ndarray: ...  # what the 10% random replacement draws from
+
+    def encode(self, text: str, *, record: str | None = None) -> np.ndarray: ...
+
+    def decode(self, ids: Any) -> str: ...
+
+    def add_special_tokens(self, ids: np.ndarray) -> np.ndarray: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def register_tokenizer(kind: str):
+    """Class decorator: make a tokenizer loadable from its ``to_dict()`` by ``kind``."""
+
+    def wrap(cls: type) -> type:
+        _REGISTRY[kind] = cls
+        cls.kind = kind
+        return cls
+
+    return wrap
+
+
+def tokenizer_from_dict(spec: dict[str, Any]) -> Tokenizer:
+    """Rebuild a tokenizer saved by ``to_dict``; imports only modules of this toolkit."""
+    kind, module = spec.get("kind"), spec.get("module", "")
+    if kind not in _REGISTRY:
+        if module.split(".")[0] not in TRUSTED_PACKAGES:
+            raise ValueError(f"tokenizer kind {kind!r} from untrusted module {module!r} refused")
+        importlib.import_module(module)
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown tokenizer kind {kind!r} (module {module!r})")
+    return _REGISTRY[kind].from_dict(spec)

@@ -1,0 +1,100 @@
+"""``train(cfg) -> metrics``: the whole pre-training run as a plain function (Hydra only wraps it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from fm_core.checkpoint import save_pretrained
+
+log = logging.getLogger(__name__)
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
+    """``metrics.json``: flat keys, plain numbers/strings; printed so scripts can find it."""
+    path = Path(run_dir) / "metrics.json"
+    plain = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(plain, indent=2, sort_keys=True))
+    tmp.replace(path)
+    print(f"metrics: {path}")
+    return path
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    return [instantiate(node) for node in (group or {}).values() if node is not None]
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    last = Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if cfg.get("resume") and last.is_file() else None
+
+
+def close_loggers(trainer: L.Trainer) -> None:
+    """Finish W&B runs so that a second ``train`` in the same process starts a new run."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+
+    tokenizer = instantiate(cfg.data.tokenizer)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    datamodule.setup("fit")
+    net = instantiate(cfg.model, tokenizer=tokenizer)
+    module = instantiate(cfg.module, net=net, tokenizer=tokenizer,
+                         unigram_log_probs=datamodule.unigram_log_probs())
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
+                                     callbacks=_instantiate_group(cfg.get("callbacks")),
+                                     default_root_dir=str(run_dir))
+    flat_cfg = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(flat_cfg)
+
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    fit_seconds = time.perf_counter() - started
+    final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+
+    metrics: dict[str, Any] = {k: float(v) for k, v in final.items()}
+    metrics.update(datamodule.stats())
+    metrics.update({
+        "model/size": net.config.name,
+        "model/num_parameters": sum(p.numel() for p in net.parameters()),
+        "train/steps": trainer.global_step,
+        "train/tokens_seen": module.tokens_seen,
+        "train/seconds": fit_seconds,
+        "train/tokens_per_second": module.tokens_seen / max(fit_seconds, 1e-9),
+    })
+    if "val/unigram_perplexity" in metrics:
+        metrics["val/perplexity_ratio_to_unigram"] = metrics["val/perplexity"] / metrics["val/unigram_perplexity"]
+    if trainer.is_global_zero:
+        if cfg.get("export", True):
+            export_dir = save_pretrained(run_dir / "export", net, tokenizer,
+                                         metadata={"val/perplexity": metrics.get("val/perplexity", math.nan),
+                                                   "train/steps": trainer.global_step})
+            metrics["export_dir"] = str(export_dir)
+        write_metrics(run_dir, metrics)
+        for logger in trainer.loggers:
+            logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                               step=trainer.global_step)
+    close_loggers(trainer)
+    return metrics

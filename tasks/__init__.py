@@ -1,0 +1,1 @@
+"""tasks: downstream heads and their metrics (structure, drug properties, code completion)."""
