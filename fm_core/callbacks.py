@@ -55,7 +55,8 @@ class LearningCurve(L.Callback):
                 steps, values = zip(*points, strict=True)
                 ax_val.plot(steps, values, marker="o", label=key)
         ax_val.set(xlabel="step", ylabel="perplexity", title="validation")
-        ax_val.legend()
+        if any(self.val.values()):
+            ax_val.legend()
         fig.tight_layout()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(self.path, dpi=100)
