@@ -91,8 +91,10 @@ class EncoderConfig:
         return cls(**values)
 
     def num_parameters(self) -> int:
-        """Parameter count of the encoder and its MLM head (tied weights counted once)."""
+        """Parameter count of the encoder, its MLM head (tied weights counted once) and the
+        contact head (one logistic regression over layers x heads attention maps)."""
         d, f, v = self.embed_dim, self.ffn_dim, self.vocab_size or 0
         per_layer = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d  # attention, MLP, two LayerNorms
         head = d * d + d + 2 * d + v  # dense, LayerNorm, bias
-        return v * d + self.num_layers * per_layer + 2 * d + head
+        contact = self.num_layers * self.num_heads + 1
+        return v * d + self.num_layers * per_layer + 2 * d + head + contact

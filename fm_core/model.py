@@ -172,15 +172,60 @@ class MLMHead(nn.Module):
         return F.linear(x, embedding_weight) + self.bias  # (..., V)
 
 
+class ContactHead(nn.Module):
+    """ESM's contact predictor over the attention maps of every layer and head: zero the maps of
+    special and padding positions, drop the first and last token, symmetrise, average product
+    correction (APC), then one logistic regression over the ``layers x heads`` features.
+
+    Rows are laid out as ``add_special_tokens`` writes them (``<cls> residues <eos> <pad>...``);
+    the output covers ``L - 2`` positions, residue ``i`` at index ``i``, like fair-esm's.
+    """
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.regression = nn.Linear(cfg.num_layers * cfg.num_heads, 1)
+
+    @staticmethod
+    def residue_mask(tokens: Tensor, pad_id: int) -> Tensor:
+        """(B, L) True at residues: not padding, not the first and not the last real token."""
+        real = tokens.ne(pad_id)
+        last = real.sum(-1, keepdim=True) - 1  # (B, 1) index of <eos>
+        pos = torch.arange(tokens.shape[1], device=tokens.device)[None]
+        return real & (pos > 0) & (pos != last)
+
+    def features(self, attentions: Tensor, residue_mask: Tensor) -> Tensor:
+        """(B, layers, H, L, L) -> (B, L-2, L-2, layers*H): symmetrised, APC-corrected maps."""
+        m = residue_mask.to(attentions.dtype)
+        x = attentions * (m[:, :, None] * m[:, None, :])[:, None, None]
+        x = x[..., 1:-1, 1:-1]
+        B, layers, H, L, _ = x.shape
+        x = x.reshape(B, layers * H, L, L)
+        x = x + x.transpose(-1, -2)  # symmetrise
+        row, col = x.sum(-1, keepdim=True), x.sum(-2, keepdim=True)
+        x = x - row * col / x.sum((-1, -2), keepdim=True)  # APC
+        return x.permute(0, 2, 3, 1)  # (B, L-2, L-2, C)
+
+    def forward(self, attentions: Tensor, residue_mask: Tensor) -> Tensor:
+        """Contact logits (B, L-2, L-2); ``sigmoid`` gives fair-esm's contact probabilities."""
+        feats = self.features(attentions, residue_mask).to(self.regression.weight.dtype)
+        return self.regression(feats).squeeze(-1)
+
+
 class MaskedLM(nn.Module):
-    """Encoder + tied MLM head. ``forward`` mirrors fair-esm's ESM2 outputs."""
+    """Encoder + tied MLM head (+ a contact head). ``forward`` mirrors fair-esm's ESM2 outputs.
+
+    The contact head never runs on the MLM path and is frozen by default (ESM fits it apart, by
+    logistic regression); ``net.contact_head.requires_grad_(True)`` makes it trainable.
+    """
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.lm_head = MLMHead(cfg)
+        self.contact_head = ContactHead(cfg)
         self.reset_parameters()
+        self.contact_head.requires_grad_(False)
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
@@ -203,15 +248,33 @@ class MaskedLM(nn.Module):
         return self.lm_head(hidden, self.encoder.embed_tokens.weight)
 
     def forward(
-        self, tokens: Tensor, repr_layers: Iterable[int] = (), need_weights: bool = False
+        self, tokens: Tensor, repr_layers: Iterable[int] = (), need_weights: bool = False,
+        return_contacts: bool = False,
     ) -> dict[str, Any]:
-        out = self.encoder(tokens, repr_layers=repr_layers, need_weights=need_weights)
+        out = self.encoder(tokens, repr_layers=repr_layers, need_weights=need_weights or return_contacts)
         out["logits"] = self.mlm_logits(out["hidden"])  # (B, L, V)
+        if return_contacts:
+            mask = ContactHead.residue_mask(tokens, self.config.pad_id)
+            out["contacts"] = self.contact_head(out["attentions"], mask).sigmoid()  # (B, L-2, L-2)
         return out
 
+    def predict_contacts(self, tokens: Tensor) -> Tensor:
+        return self(tokens, return_contacts=True)["contacts"]
 
-def build_model(size: str, tokenizer: Any, **overrides: Any) -> MaskedLM:
-    """Hydra entry point: a named size from the registry, vocabulary and special ids from the tokenizer."""
+
+def build_model(size: str | None, tokenizer: Any, init_from: str | None = None, **overrides: Any) -> MaskedLM:
+    """Hydra entry point: a named size from the registry, vocabulary and special ids from the tokenizer.
+
+    ``init_from`` (an export directory, an fm-pretrain ``.ckpt`` or a fair-esm ESM-2 ``.pt``)
+    initialises the weights; the shape then comes from the checkpoint (``size`` may be None) and
+    an explicit size that disagrees with it is an error.
+    """
+    if init_from:
+        from fm_core.checkpoint import init_from_checkpoint
+
+        return init_from_checkpoint(init_from, tokenizer, size=size, **overrides)
+    if size is None:
+        raise ValueError("model.size is null: name a size (model=tiny, model=esm2_8m...) or give model.init_from")
     cfg = EncoderConfig.from_name(
         size, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id, **overrides
     )
