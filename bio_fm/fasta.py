@@ -30,6 +30,35 @@ def open_text(path: str | Path) -> io.TextIOBase:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
 
 
+class FastaStream:
+    """Iterate (record id, sequence) of a FASTA file (plain or gzip) of any size, with the bytes
+    read so far (``position``, of the file on disk) for a progress bar. Errors name the file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such FASTA file: {self.path}")
+        self.total_bytes = self.path.stat().st_size
+        self._raw = None
+
+    @property
+    def position(self) -> int:
+        return self._raw.tell() if self._raw is not None and not self._raw.closed else 0
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        with open(self.path, "rb") as raw:
+            self._raw = raw
+            magic = raw.read(2)
+            raw.seek(0)
+            binary = gzip.GzipFile(fileobj=raw, mode="rb") if magic == b"\x1f\x8b" else raw
+            handle = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
+            try:
+                for rec in SeqIO.parse(handle, "fasta"):
+                    yield rec.id, str(rec.seq)
+            except (ValueError, EOFError, OSError) as err:  # malformed layout, truncated gzip
+                raise ValueError(f"file {self.path}: cannot parse FASTA: {err}") from err
+
+
 def iter_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
     """(record id, sequence) pairs, read with Biopython. Errors name the file."""
     with open_text(path) as handle:

@@ -19,5 +19,12 @@ def pretrain(cfg: DictConfig) -> None:
     train(cfg)
 
 
+@hydra.main(version_base="1.3", config_path="pkg://fm_core.conf", config_name="embed")
+def embed(cfg: DictConfig) -> None:
+    from fm_core.embed import embed as run
+
+    run(cfg)
+
+
 if __name__ == "__main__":
     pretrain()
