@@ -16,6 +16,7 @@ import sys
 KINDS = {
     "protein": "data_prep.protein",
     "structures": "data_prep.structures",
+    "molecules": "data_prep.molecules",
 }
 
 

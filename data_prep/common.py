@@ -90,14 +90,25 @@ class Counts:
         return c
 
 
-class Stages:
-    """Run named stages once per fingerprint; each stage gets a fresh temporary folder."""
+def code_version(*modules: str) -> str:
+    """Hash of the source files of the given modules: changed code invalidates completed stages."""
+    import importlib
 
-    def __init__(self, out: Path, params: dict[str, Any]):
+    h = hashlib.sha256()
+    for name in sorted({__name__, *modules}):
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Stages:
+    """Run named stages once per fingerprint; each stage gets a fresh temporary folder. The
+    fingerprint covers the parameters, the code of ``modules`` and each stage's inputs."""
+
+    def __init__(self, out: Path, params: dict[str, Any], modules: tuple[str, ...] = ()):
         self.out = Path(out)
         self.work = self.out / ".work"
         self.work.mkdir(parents=True, exist_ok=True)
-        self.chain = fingerprint(params)
+        self.chain = fingerprint([params, code_version(*modules)])
         self.ran: list[str] = []
         self.skipped: list[str] = []
         self.seconds: dict[str, float] = {}

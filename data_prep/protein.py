@@ -275,7 +275,7 @@ def prepare(cfg: ProteinPrepConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     inputs = expand_inputs(cfg.inputs)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads", "inputs")}
-    stages = common.Stages(out, {"kind": "protein", **params})
+    stages = common.Stages(out, {"kind": "protein", **params}, modules=("data_prep.protein", "data_prep.blastdb", "fm_core.shards"))
     sig = common.input_signature([p for _, p in inputs])
     u = stages.run("unique", lambda t: stage_unique(t, cfg, inputs), depends=sig)
     unique_fa = stages.dir("unique") / "unique.fa"
