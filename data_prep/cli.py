@@ -17,6 +17,7 @@ KINDS = {
     "protein": "data_prep.protein",
     "structures": "data_prep.structures",
     "molecules": "data_prep.molecules",
+    "code": "data_prep.code",
 }
 
 
