@@ -103,7 +103,7 @@ def iter_records(fmt: str, path: Path) -> Iterator[tuple[str, str]]:
         return
     from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-    from bio_fm.fasta import open_text
+    from fm_core.textio import open_text
 
     with open_text(path) as handle:
         try:

@@ -15,7 +15,8 @@ import pytest
 from data_prep import common
 from data_prep.blastdb import BlastProteinDB
 from data_prep.protein import ProteinPrepConfig, prepare
-from fm_core.shards import ClusterSampledBatchSampler, ShardDataset, load_tokenizer
+from fm_core.shard_data import ClusterSampledBatchSampler
+from fm_core.shards import ShardDataset, load_tokenizer
 
 DATA = Path(__file__).parent / "data" / "protein"
 INPUTS = [str(DATA / "bpo_head"), str(DATA / "mfo_head")]
