@@ -217,19 +217,42 @@ def stage_split(tmp: Path, cfg: ProteinPrepConfig, unique_fa: Path, clusters: np
 
 
 def stage_shards(tmp: Path, cfg: ProteinPrepConfig, unique_fa: Path, clusters: np.ndarray,
-                 split: np.ndarray) -> dict[str, Any]:
+                 split: np.ndarray, batch: int = 8192) -> dict[str, Any]:
+    import pyarrow as pa
+
     alphabet = ProteinAlphabet()
     writers = {name: ShardWriter(tmp / name, alphabet.vocab_size, {"id": _str(), "cluster": _i64()},
                                  shard_tokens=cfg.shard_tokens) for name in SPLITS}
     residues = dict.fromkeys(SPLITS, 0)
+    pending: dict[str, list[tuple[str, int, str]]] = {name: [] for name in SPLITS}
+
+    def flush(name: str) -> None:
+        rows = pending[name]
+        if not rows:
+            return
+        seqs = [r[2] for r in rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(q) for q in seqs], out=offsets[1:])
+        ids = alphabet.encode("".join(seqs))  # one vectorised lookup for the whole batch
+        writers[name].add_table(pa.table({
+            "tokens": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(ids)),
+            "id": pa.array([r[0] for r in rows], pa.string()),
+            "cluster": pa.array([r[1] for r in rows], pa.int64())}))
+        residues[name] += int(offsets[-1])
+        pending[name] = []
+
     with common.progress(total=len(split), desc="shards", unit=" seq") as bar:
         for key, name, seq in iter_unique(unique_fa):
             bar.update()
             k = int(split[key])
             if k < 0:
                 continue
-            writers[SPLITS[k]].add(alphabet.encode(seq, record=name), id=name, cluster=int(clusters[key]))
-            residues[SPLITS[k]] += len(seq)
+            dest = SPLITS[k]
+            pending[dest].append((name, int(clusters[key]), seq))
+            if len(pending[dest]) >= batch:
+                flush(dest)
+    for name in SPLITS:
+        flush(name)
     save_tokenizer(tmp, alphabet)
     splits = {}
     for name, w in writers.items():
