@@ -198,6 +198,13 @@ class ShardDataset:
     def __len__(self) -> int:
         return len(self._lengths)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started by spawn re-open the memory maps instead of copying the data
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
     @property
     def lengths(self) -> np.ndarray:
         return self._lengths

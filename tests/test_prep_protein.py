@@ -225,6 +225,11 @@ def test_shard_dataset_equals_fasta_dataset(prepared, tmp_path, alphabet):
     assert len(ref) == len(shards) and np.array_equal(ref.lengths, shards.lengths)
     assert all(np.array_equal(ref[(i, 1)]["ids"], shards[(i, 1)]["ids"]) for i in range(len(ref)))
     assert np.array_equal(ref.token_counts(33), shards.token_counts(33))
+    import pickle
+
+    blob = pickle.dumps(shards)
+    assert len(blob) < 1000  # workers re-open the memory maps, nothing is copied
+    assert np.array_equal(pickle.loads(blob)[(3, 0)]["ids"], shards[(3, 0)]["ids"])
     with pytest.raises(IndexError):
         shards[len(shards)]
 
