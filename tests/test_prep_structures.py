@@ -165,3 +165,19 @@ def test_pdb_input_labelled_by_dssp(tmp_path, db, monkeypatch):
     with pytest.raises(ValueError, match=r"x\.pdb"):
         read_structure_files([bad], StructurePrepConfig(dssp=False), common.Counts())
     assert os.environ["PATH"].endswith("empty")
+
+
+def test_mmcif_input_matches_pdb_input(tmp_path):
+    from Bio.PDB import MMCIFIO, PDBParser
+
+    pdb = DATA / "1b12_A_backbone.pdb"
+    io = MMCIFIO()
+    io.set_structure(PDBParser(QUIET=True).get_structure("1b12", str(pdb)))
+    cif = tmp_path / "1b12_A_backbone.cif"
+    io.save(str(cif))
+    cfg = StructurePrepConfig(dssp=False)
+    a = read_structure_files([pdb], cfg, common.Counts()).to_pylist()[0]
+    b = read_structure_files([cif], cfg, common.Counts()).to_pylist()[0]
+    assert a["sequence"] == b["sequence"] and len(a["sequence"]) == 120
+    assert np.allclose(a["ca"], b["ca"]) and np.allclose(a["cb"], b["cb"])
+    assert a["ss8"] == "C" * 120  # no DSSP asked for: coil everywhere, said in the docs
