@@ -9,7 +9,8 @@ For each size, in one run and interleaved (``--repeats`` rounds, each round runs
 - ``prep``: ``data_prep.protein.prepare`` with ``cluster_mode="none"``, ``clean_heldout=False``:
   read, normalise, filter, exact de-duplication, tokenise, Arrow shards, manifest.
 Each measurement runs in a fresh subprocess; we report CPU seconds (user + sys: the work is
-single-threaded, so residues per CPU second = residues/s per core), wall seconds and peak RSS.
+single-threaded, so residues per CPU second = residues/s per core), wall seconds and peak RSS
+(``VmHWM`` of the subprocess).
 MMseqs2 clustering (``easy-cluster``, 50% identity) is timed separately on the 10k input.
 
     python bench/prep_protein.py --metastudent /path/to/usr/share/metastudent-data/dataset_201401
@@ -47,7 +48,9 @@ else:
     n, r = m["counts"]["read"], m["unique_residues"]
 wall = time.perf_counter() - t0
 u = resource.getrusage(resource.RUSAGE_SELF)
-print(n, r, wall, u.ru_utime + u.ru_stime, u.ru_maxrss)
+# VmHWM (peak RSS of this program's address space); ru_maxrss would inherit the parent's peak across exec
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(n, r, wall, u.ru_utime + u.ru_stime, hwm)
 """
 
 

