@@ -79,6 +79,25 @@ def measure(kind: str, path: Path, tmp: Path) -> dict:
             "peak_rss_mb": int(rss) / 1024}
 
 
+def linearity(results: dict) -> None:
+    """Cost ratios against the smallest size, and the marginal CPU per residue between sizes
+    (constant when the cost is linear; the smallest run also carries fixed start-up costs)."""
+    sizes = list(results["sizes"])
+    base = results["sizes"][sizes[0]]
+    results["linearity"] = {}
+    for k, s in enumerate(sizes):
+        r = results["sizes"][s]
+        row = {"records_ratio": int(s) / int(sizes[0]), "residue_ratio": r["input_residues"] / base["input_residues"],
+               "prep_cpu_ratio": r["prep"]["cpu_s"] / base["prep"]["cpu_s"],
+               "seqio_cpu_ratio": r["seqio"]["cpu_s"] / base["seqio"]["cpu_s"]}
+        if k:
+            prev = results["sizes"][sizes[k - 1]]
+            extra = r["input_residues"] - prev["input_residues"]
+            for kind in ("prep", "seqio"):
+                row[f"{kind}_marginal_ns_per_residue"] = 1e9 * (r[kind]["cpu_s"] - prev[kind]["cpu_s"]) / extra
+        results["linearity"][s] = row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--metastudent", type=Path, default=Path("/usr/share/metastudent-data/dataset_201401"))
@@ -110,13 +129,7 @@ def main() -> None:
         print(f"{n:>8} records: seqio {row['seqio']['residues_per_cpu_s'] / 1e6:6.2f} M res/s/core, "
               f"prep {row['prep']['residues_per_cpu_s'] / 1e6:6.2f} M res/s/core, ratio {row['prep_over_seqio_cpu']:.2f}, "
               f"RSS prep {row['prep']['peak_rss_mb']:.0f} MB seqio {row['seqio']['peak_rss_mb']:.0f} MB", flush=True)
-    sizes = [str(n) for n in args.sizes]
-    base = results["sizes"][sizes[0]]
-    results["linearity"] = {
-        s: {"records_ratio": int(s) / int(sizes[0]),
-            "prep_cpu_ratio": results["sizes"][s]["prep"]["cpu_s"] / base["prep"]["cpu_s"],
-            "seqio_cpu_ratio": results["sizes"][s]["seqio"]["cpu_s"] / base["seqio"]["cpu_s"],
-            "residue_ratio": results["sizes"][s]["input_residues"] / base["input_residues"]} for s in sizes}
+    linearity(results)
     # MMseqs2, reported separately, on the smallest input
     from data_prep import common
 
@@ -129,17 +142,23 @@ def main() -> None:
                                           "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
                                           "version": common.mmseqs_version()}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| records | residues | SeqIO parse M res/s/core | prep M res/s/core | prep / parse CPU | prep CPU ratio vs smallest | prep peak RSS MB | parse peak RSS MB |")
+    print_table(results, args.out)
+
+
+def print_table(results: dict, out: Path) -> None:
+    sizes = list(results["sizes"])
+    print("\n| records | residues | SeqIO parse M res/s/core | prep M res/s/core | prep / parse CPU | "
+          "prep marginal ns/residue | prep peak RSS MB | parse peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for s in sizes:
         r = results["sizes"][s]
         print(f"| {int(s):,} | {r['input_residues']:,} | {r['seqio']['residues_per_cpu_s'] / 1e6:.2f} | "
               f"{r['prep']['residues_per_cpu_s'] / 1e6:.2f} | {r['prep_over_seqio_cpu']:.2f} | "
-              f"{results['linearity'][s]['prep_cpu_ratio']:.1f} (residues x{results['linearity'][s]['residue_ratio']:.1f}) | "
+              f"{results['linearity'][s].get('prep_marginal_ns_per_residue', float('nan')):.1f} | "
               f"{r['prep']['peak_rss_mb']:.0f} | {r['seqio']['peak_rss_mb']:.0f} |")
     mm = results["mmseqs_cluster_smallest"]
     print(f"\nMMseqs2 easy-cluster on {mm['records']:,} records: {mm['wall_s']:.1f} s wall, {mm['cpu_s']:.1f} CPU s")
-    print(f"json: {args.out}")
+    print(f"json: {out}")
 
 
 if __name__ == "__main__":
