@@ -26,5 +26,12 @@ def embed(cfg: DictConfig) -> None:
     run(cfg)
 
 
+@hydra.main(version_base="1.3", config_path="pkg://fm_core.conf", config_name="finetune")
+def finetune(cfg: DictConfig) -> None:
+    from fm_core.finetune import finetune as run
+
+    run(cfg)
+
+
 if __name__ == "__main__":
     pretrain()

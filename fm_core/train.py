@@ -31,7 +31,7 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-def _instantiate_group(group: DictConfig | None) -> list[Any]:
+def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
@@ -61,9 +61,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     net = instantiate(cfg.model, tokenizer=tokenizer)
     module = instantiate(cfg.module, net=net, tokenizer=tokenizer,
                          unigram_log_probs=datamodule.unigram_log_probs())
-    loggers = _instantiate_group(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                     callbacks=_instantiate_group(cfg.get("callbacks")),
+                                     callbacks=instantiate_group(cfg.get("callbacks")),
                                      default_root_dir=str(run_dir))
     flat_cfg = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:

@@ -1,0 +1,123 @@
+"""``finetune(cfg) -> metrics``: one entry point (``fm-finetune``) for every downstream task.
+
+The ``task`` config group chooses the task by ``_target_``; the task object receives a
+:class:`FinetuneRun` (the run directory, the backbone to start from, Lightning trainers and
+loggers built from the shared config groups) and returns flat metrics. This function owns what
+every task shares: seeding, the run directory, ``metrics.json``, logging the final metrics, and
+closing W&B. A task is any object with ``run(run: FinetuneRun) -> dict[str, float | int | str]``::
+
+    # conf/task/contacts.yaml
+    name: contacts
+    _target_: tasks.contacts.ContactTask
+    max_train_chains: 20
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from fm_core.model import MaskedLM, build_model
+from fm_core.tokenizer import Tokenizer
+from fm_core.train import instantiate_group, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+class Task(Protocol):
+    def run(self, run: FinetuneRun) -> dict[str, Any]: ...
+
+
+@dataclass
+class FinetuneRun:
+    """What a task gets from ``fm-finetune``: everything configured outside the task group."""
+
+    cfg: DictConfig
+    run_dir: Path
+    loggers: list[Logger] = field(default_factory=list)
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg.seed)
+
+    @property
+    def init_from(self) -> str | None:
+        """The backbone checkpoint (export dir, fm-pretrain .ckpt or fair-esm .pt); None = random init."""
+        value = self.cfg.get("init_from")
+        return str(value) if value else None
+
+    def backbone(self, tokenizer: Tokenizer | None = None, size: str | None = None, **overrides: Any) -> MaskedLM:
+        """The encoder to adapt: loaded from ``init_from`` (its shape and tokenizer are checked against
+        ``size``/``tokenizer`` when given), or randomly initialised with ``size`` (the same shape as
+        the pre-trained one makes the random-init baseline)."""
+        if self.init_from is None and (size is None or tokenizer is None):
+            raise ValueError("fm-finetune: give init_from=<checkpoint> (or a task with a random-init size "
+                             "and tokenizer) to build a backbone")
+        return build_model(size if self.init_from is None else None, tokenizer, init_from=self.init_from,
+                           **overrides)
+
+    def random_backbone(self, like: MaskedLM, tokenizer: Tokenizer, seed: int | None = None) -> MaskedLM:
+        """A randomly initialised encoder with ``like``'s exact shape (the random-init baseline)."""
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed if seed is None else seed)
+            return MaskedLM(like.config.__class__.from_dict(like.config.to_dict()))
+
+    def trainer(self, callbacks: list[Any] | None = None, **overrides: Any) -> L.Trainer:
+        """A Lightning trainer from the ``trainer`` group, with the run's loggers and the task's
+        callbacks; ``overrides`` win over the config (e.g. ``max_steps`` from the task)."""
+        return instantiate(self.cfg.trainer, logger=self.loggers or False, callbacks=callbacks or [],
+                           default_root_dir=str(self.run_dir), **overrides)
+
+    def log_image(self, key: str, path: str | Path) -> None:
+        """A PNG saved in the run directory, also logged to W&B when a W&B logger is configured."""
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key, [str(path)])
+        log.info("%s: %s", key, path)
+
+
+def finetune(cfg: DictConfig) -> dict[str, Any]:
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+
+    loggers = instantiate_group(cfg.get("logger"))
+    flat_cfg = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(flat_cfg)
+    task_cfg = cfg.task.copy()
+    with open_dict(task_cfg):
+        task_name = str(task_cfg.pop("name", None) or task_cfg._target_.rsplit(".", 1)[-1])
+    # nested nodes reach the task as configs: it instantiates its heads/data itself
+    task: Task = instantiate(task_cfg, _recursive_=False)
+    run = FinetuneRun(cfg=cfg, run_dir=run_dir, loggers=loggers)
+
+    started = time.perf_counter()
+    metrics = dict(task.run(run))
+    metrics.setdefault("task", task_name)
+    metrics.setdefault("init_from", run.init_from or "random")
+    metrics["finetune/seconds"] = time.perf_counter() - started
+    write_metrics(run_dir, metrics)
+    for logger in loggers:
+        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    close_wandb(loggers)
+    return metrics
+
+
+def close_wandb(loggers: list[Logger]) -> None:
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
+__all__ = ["FinetuneRun", "Task", "finetune"]
