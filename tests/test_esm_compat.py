@@ -10,6 +10,7 @@ import torch
 from esm_fixtures import mixed_batch, padded_batch, random_esm2, write_released_layout
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from bio_fm.esm_compat import (
     check_exportable,
@@ -21,6 +22,7 @@ from bio_fm.esm_compat import (
 )
 from fm_core.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from fm_core.config import EncoderConfig
+from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
 
 
@@ -201,3 +203,9 @@ def test_init_from_esm2_through_hydra(tmp_path, compose, alphabet):
     clash = compose(["model=esm2_8m", f"model.init_from={path}"])
     with pytest.raises(InstantiationException, match=r"size 'esm2_8m'.*num_layers=6 \(checkpoint: 2\)"):
         instantiate(clash.model, tokenizer=alphabet)
+    # every downstream task gets its backbone the same way (fm-finetune init_from=...)
+    run = FinetuneRun(cfg=OmegaConf.create({"init_from": str(path), "seed": 0}), run_dir=tmp_path)
+    backbone = run.backbone(alphabet, "tiny")
+    assert backbone.config.extra["contact_regression"] is True
+    for key, value in backbone.state_dict().items():
+        assert torch.equal(value, expected[key]), key

@@ -63,3 +63,18 @@ def test_csv_logger_short_run(compose, tmp_path):
     assert metrics["train/steps"] == 20
     assert (tmp_path / "csv" / "version_0" / "metrics.csv").is_file()
     assert not (tmp_path / "wandb").exists()
+
+
+def test_init_from_continues_pre_training(quick_run, tmp_path):
+    """model.init_from starts from the trained weights: 10 more steps stay at the trained model's
+    perplexity (far below the unigram baseline), which 10 steps from scratch never reach."""
+    from hydra import compose, initialize_config_module
+
+    run_dir, _, metrics = quick_run
+    with initialize_config_module("fm_core.conf", version_base="1.3"):
+        cfg = compose("pretrain", overrides=[*QUICK, "model=from_checkpoint", f"model.init_from={run_dir / 'export'}",
+                                             "model.max_length=256", "trainer.max_steps=10",
+                                             "trainer.val_check_interval=10", "logger=csv", f"paths.run_dir={tmp_path}"])
+    continued = train(cfg)
+    assert continued["model/size"] == "tiny"
+    assert continued["val/perplexity"] < 1.02 * metrics["val/perplexity"] < 0.97 * continued["val/unigram_perplexity"]
