@@ -18,6 +18,7 @@ Pipeline, with memory bounded by one chunk whatever the input size:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -344,6 +345,17 @@ def read_embeddings(out_dir: str | Path, layer: int | None = None, per_residue: 
     return ids, (values if per_residue else np.stack(values) if values else np.zeros((0, manifest["dim"])))
 
 
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere). Tensors of
+    ever-changing shapes fragment glibc's heap (its mmap threshold rises after the first large free,
+    so later large blocks come from the heap): without this, RSS ratchets up with the input size
+    although nothing is kept (measured: 891 MB at 10k sequences, 1,292 MB at 100k)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
@@ -407,6 +419,8 @@ def run_embedding(stream: Any, source: str, net: MaskedLM, tokenizer: Tokenizer,
             results = embedder.embed(chunk, on_batch=on_batch)
             store.commit(results, consumed, stats, embedder.layers, np.dtype(out_dtype), time.perf_counter() - t0)
             new_shards += bool(results)
+            del results
+            release_free_memory()
             if max_shards is not None and new_shards >= max_shards:
                 done = False  # a rerun continues (and finds the end if this was the last chunk)
                 break
