@@ -42,7 +42,7 @@ class MLMModule(L.LightningModule):
 
     def masked_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Logits and labels at the selected positions only: the LM head never runs elsewhere."""
-        hidden = self.net.encoder(batch["input_ids"])["hidden"]  # (B, L, D)
+        hidden = self.net.encoder(batch["input_ids"], seq_lens=batch.get("seq_lens"))["hidden"]  # (B, L, D)
         selected = batch["labels"] != IGNORE  # (B, L)
         return self.net.mlm_logits(hidden[selected]), batch["labels"][selected]  # (N, V), (N,)
 
