@@ -87,8 +87,10 @@ class TokenBudgetBatchSampler(Sampler[list[tuple[int, int]]]):
     Samples are sorted by length (ties broken at random each epoch) and cut greedily, so padding
     is a small fraction of compute; batch order is shuffled per epoch. Because the greedy cut
     depends only on the sorted lengths, the number of batches is the same every epoch. With
-    several ranks each takes every ``num_replicas``-th batch (the count is trimmed to a multiple,
-    so all ranks step together); no sample is seen twice per epoch across ranks.
+    several ranks each takes every ``num_replicas``-th batch; no sample is seen twice per epoch
+    across ranks. In training (``shuffle=True``) the count is trimmed to a multiple of the ranks so
+    all step together (the trimmed batches differ each epoch); evaluation keeps every batch, so a
+    validation metric over all ranks covers exactly the samples a single process would see.
 
     ``packed=True`` counts real tokens (the sum of lengths) against the budget instead of the
     padded size, for batches that are packed into one row without padding (``MLMCollator(packing=True)``).
@@ -137,7 +139,7 @@ class TokenBudgetBatchSampler(Sampler[list[tuple[int, int]]]):
             start = end
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        usable = len(batches) - len(batches) % self.num_replicas if self.num_replicas > 1 else len(batches)
+        usable = len(batches) - len(batches) % self.num_replicas if self.shuffle else len(batches)
         mine = batches[:usable][self.rank :: self.num_replicas]
         self._cache = (epoch, mine, seeds)
         return mine, seeds
