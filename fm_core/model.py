@@ -164,6 +164,11 @@ class TransformerLayer(nn.Module):
         return x, weights
 
 
+def layer_classes() -> set[type[nn.Module]]:
+    """The repeated block, for strategies that wrap per layer (FSDP ``auto_wrap_policy``)."""
+    return {TransformerLayer}
+
+
 class Encoder(nn.Module):
     """Token ids -> contextual representations (ESM-2's body without its heads)."""
 
