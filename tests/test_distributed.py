@@ -57,7 +57,7 @@ def runs(tmp_path_factory, valid_records):
     finally:
         torch.set_num_threads(threads)
     ddp = json.loads((ddp_dir / "metrics.json").read_text())
-    return {"ddp_dir": ddp_dir, "single_dir": single_dir, "ddp": ddp, "single": single, "steps": steps,
+    return {"tmp": tmp, "ddp_dir": ddp_dir, "single_dir": single_dir, "ddp": ddp, "single": single, "steps": steps,
             "plan": plan, "n_train": len(lengths), "stdout": proc.stdout}
 
 
@@ -78,6 +78,14 @@ def test_ddp_matches_single_process_with_same_global_batch(runs):
     fresh = type(a)(a.config)
     moved = max(float((fresh.state_dict()[n] - sa[n]).abs().max()) for n in sa if sa[n].is_floating_point())
     assert moved > 1e-3
+
+
+def test_ranks_share_one_run_directory(runs):
+    # Hydra + DDP: the child process got the parent's run dir (no second time-stamped directory,
+    # nothing written to the working directory) and only rank 0 wrote the run's outputs
+    assert sorted(p.name for p in runs["tmp"].iterdir()) == ["ddp", "single", "train.fa", "val.fa"]
+    assert (runs["ddp_dir"] / "metrics.json").is_file() and (runs["ddp_dir"] / "export").is_dir()
+    assert sorted(p.name for p in runs["ddp_dir"].glob("seen_rank*.json")) == ["seen_rank0.json", "seen_rank1.json"]
 
 
 def test_each_training_sample_seen_once_per_epoch_across_ranks(runs):
