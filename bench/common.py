@@ -62,14 +62,24 @@ def real_batches(n_batches: int, max_tokens: int, max_length: int = 1024, seed: 
     return out
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3, device: torch.device | str = "cpu") -> float:
     """Measured matrix-multiply throughput (GFLOP/s) of an n x n x n product: the peak MFU refers to."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    device = torch.device(device)
+    if device.type == "cuda":
+        n = max(n, 8192)  # a GPU needs a large product to reach its peak
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
 

@@ -32,9 +32,22 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, machine, matmul_gflops, median, print_table, real_batches, write_json  # noqa: E402
 
+from bio_fm.esm_compat import from_esm2_module  # noqa: E402
 from fm_core.config import SIZES, EncoderConfig  # noqa: E402
 from fm_core.masking import IGNORE  # noqa: E402
 from fm_core.model import MaskedLM  # noqa: E402
+
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for the device, so that wall-clock timing covers the work (a no-op on CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def to_device(batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.to(DEVICE) for k, v in b.items()} for b in batches]
 
 
 def adamw(params) -> torch.optim.Optimizer:
@@ -61,6 +74,7 @@ class EsmTrain:
             loss.backward()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
+        sync()
 
 
 class OursTrain:
@@ -71,13 +85,14 @@ class OursTrain:
 
     def __call__(self) -> None:
         for b in self.batches:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=self.bf16):
                 hidden = self.net.encoder(b["input_ids"], seq_lens=b.get("seq_lens"))["hidden"]
                 selected = b["labels"] != IGNORE
                 logits = self.net.mlm_logits(hidden[selected])
             F.cross_entropy(logits.float(), b["labels"][selected]).backward()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
+        sync()
 
 
 def unmasked(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,6 +109,7 @@ class EsmEmbed:
     def __call__(self) -> None:
         n = self.ref.num_layers
         self.last = [self.ref(b["input_ids"], repr_layers=[n])["representations"][n] for b in self.batches]
+        sync()
 
 
 class OursEmbed:
@@ -102,9 +118,10 @@ class OursEmbed:
 
     @torch.inference_mode()
     def __call__(self) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=self.bf16):
             self.last = [self.net.encoder(b["input_ids"], seq_lens=b.get("seq_lens"))["hidden"].float()
                          for b in self.batches]
+        sync()
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -117,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ablations", action="store_true",
                     help="add bf16 padded and bf16 with bf16 attention (CPU) training variants")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared: 1 by default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (a GPU run: tokens/s and MFU for the README)")
     ap.add_argument("--compile", action="store_true", help="add torch.compile'd variants (slow to compile)")
     ap.add_argument("--skip", nargs="*", default=[], help="variant names to leave out")
     ap.add_argument("--out", default=None, help="JSON path (default bench/results/pretrain_vs_esm.json)")
@@ -124,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.batches, args.rounds = 2, 2
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
 
     import esm
 
@@ -133,19 +153,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
     ref = esm.model.esm2.ESM2(num_layers=shape["num_layers"], embed_dim=shape["embed_dim"],
                               attention_heads=shape["num_heads"], alphabet="ESM-1b")
-    cfg = EncoderConfig.from_name(args.size, vocab_size=tok.vocab_size, pad_id=tok.pad_id, mask_id=tok.mask_id)
-    torch.manual_seed(0)
-    base = MaskedLM(cfg)
+    base = from_esm2_module(ref)  # ours with fair-esm's very weights
+    cfg = base.config
+    assert (cfg.vocab_size, cfg.pad_id, cfg.mask_id) == (tok.vocab_size, tok.pad_id, tok.mask_id)
 
-    def ours(**overrides: Any) -> MaskedLM:
+    def ours(compile: bool = False, **overrides: Any) -> MaskedLM:
         net = MaskedLM(EncoderConfig.from_dict({**cfg.to_dict(), **overrides}))
         net.load_state_dict(base.state_dict())
-        if overrides.get("compile"):
+        net.to(DEVICE)
+        if compile:
             for layer in net.encoder.layers:
                 layer.compile(dynamic=True)
         return net
 
-    padded, packed = data["padded"], data["packed"]
+    ref = ref.to(DEVICE)
+    padded, packed = to_device(data["padded"]), to_device(data["packed"])
     train = {
         "esm (fp32, padded)": EsmTrain(copy.deepcopy(ref), padded),
         "ours fp32 padded": OursTrain(ours(), padded, bf16=False),
@@ -172,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_masked = sum(int((b["labels"] != IGNORE).sum()) for b in padded)
     flops_train = model_flops(cfg, data["seq_lens"], n_masked, train=True)
     flops_embed = model_flops(cfg, data["seq_lens"], 0, train=False)
-    peaks = {"peak fp32 GFLOP/s": lambda: matmul_gflops(torch.float32),
-             "peak bf16 GFLOP/s": lambda: matmul_gflops(torch.bfloat16)}
+    peaks = {"peak fp32 GFLOP/s": lambda: matmul_gflops(torch.float32, device=DEVICE),
+             "peak bf16 GFLOP/s": lambda: matmul_gflops(torch.bfloat16, device=DEVICE)}
 
     print(f"{args.size}: {data['real_tokens']} real tokens in {args.batches} batches "
           f"(lengths {min(min(s) for s in data['seq_lens'])}..{max(max(s) for s in data['seq_lens'])}), "
@@ -222,6 +244,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["embed"][name]["vs_fp32_padded"] = {"cosine_min": float(c.min()), "cosine_mean": float(c.mean()),
                                                    "max_abs_diff": worst}
         print(f"{name} vs ours fp32 padded: cosine min {float(c.min()):.5f}, max |diff| {worst:.2e}")
+    esm_out = embed.get("esm (fp32, padded)")
+    if fp32 is not None and esm_out is not None and esm_out.last is not None:  # same weights: same numbers
+        real = [b["input_ids"] != tok.pad_id for b in pad_in]  # fair-esm leaves padding rows unzeroed
+        worst = max(float((p[r] - q[r]).abs().max()) for p, q, r in zip(fp32.last, esm_out.last, real, strict=True))
+        result["embed"]["ours fp32 padded"]["max_abs_diff_vs_esm"] = worst
+        print(f"ours fp32 padded vs fair-esm (same weights): max |diff| {worst:.2e}")
     best = max(v["ratio_to_esm"] for k, v in result["train"].items() if k.startswith("ours"))
     best_e = max(v["ratio_to_esm"] for k, v in result["embed"].items() if k.startswith("ours"))
     result["best_train_ratio"], result["best_embed_ratio"] = best, best_e
