@@ -65,3 +65,22 @@ class LearningCurve(L.Callback):
             if isinstance(logger, WandbLogger):
                 logger.log_image("learning_curve", [str(self.path)])
         log.info("learning curve: %s", self.path)
+
+
+class SeenSamples(L.Callback):
+    """Writes the dataset indices each rank trained on, one JSON list per epoch, to
+    ``{dir}/seen_rank{rank}.json``: proof that ranks split the data without duplicates."""
+
+    def __init__(self, dir: str):
+        self.dir = Path(dir)
+        self.epochs: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.epochs.setdefault(trainer.current_epoch, []).extend(int(i) for i in batch["index"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import json
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"seen_rank{trainer.global_rank}.json"
+        path.write_text(json.dumps({str(e): ids for e, ids in self.epochs.items()}))

@@ -50,7 +50,9 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-5
     rotary_base: float = 10000.0
     init_std: float = 0.02
-    activation_checkpointing: bool = False
+    # runtime choices (no effect on the weights or the math):
+    activation_checkpointing: bool = False  # recompute each layer in backward: memory ~ one layer's activations
+    cpu_attention_fp32: bool = True  # under bf16 autocast on CPU, run attention in fp32 (faster there)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance, never shapes
 
     def __post_init__(self) -> None:

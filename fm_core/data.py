@@ -87,12 +87,18 @@ class TokenBudgetBatchSampler(Sampler[list[tuple[int, int]]]):
     Samples are sorted by length (ties broken at random each epoch) and cut greedily, so padding
     is a small fraction of compute; batch order is shuffled per epoch. Because the greedy cut
     depends only on the sorted lengths, the number of batches is the same every epoch. With
-    several ranks each takes every ``num_replicas``-th batch (the count is trimmed to a multiple,
-    so all ranks step together); no sample is seen twice per epoch across ranks.
+    several ranks each takes every ``num_replicas``-th batch; no sample is seen twice per epoch
+    across ranks. In training (``shuffle=True``) the count is trimmed to a multiple of the ranks so
+    all step together (the trimmed batches differ each epoch); evaluation keeps every batch, so a
+    validation metric over all ranks covers exactly the samples a single process would see.
+
+    ``packed=True`` counts real tokens (the sum of lengths) against the budget instead of the
+    padded size, for batches that are packed into one row without padding (``MLMCollator(packing=True)``).
     """
 
     def __init__(self, lengths: np.ndarray, max_tokens: int, *, shuffle: bool = True, seed: int = 0,
-                 max_batch_size: int | None = None, num_replicas: int = 1, rank: int = 0):
+                 max_batch_size: int | None = None, num_replicas: int = 1, rank: int = 0,
+                 packed: bool = False):
         self.lengths = np.asarray(lengths, dtype=np.int64)
         if len(self.lengths) and self.lengths.max() > max_tokens:
             raise ValueError(f"max_tokens={max_tokens} is smaller than the longest sample "
@@ -102,6 +108,7 @@ class TokenBudgetBatchSampler(Sampler[list[tuple[int, int]]]):
         self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
         self.max_batch_size = max_batch_size or len(self.lengths) or 1
         self.num_replicas, self.rank = num_replicas, rank
+        self.packed = packed
         self.epoch = 0
         self._cache: tuple[int, list[np.ndarray], np.ndarray] | None = None
 
@@ -118,17 +125,21 @@ class TokenBudgetBatchSampler(Sampler[list[tuple[int, int]]]):
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         order = order[np.argsort(self.lengths[order], kind="stable")]
         batches, start = [], 0
+        sorted_lengths = self.lengths[order]
         while start < n:
             # longest member is the last one (sorted ascending); grow while the budget allows
-            end = start + 1
-            while (end < n and end - start < self.max_batch_size
-                   and (end - start + 1) * self.lengths[order[end]] <= self.max_tokens):
+            end, total = start + 1, int(sorted_lengths[start])
+            while end < n and end - start < self.max_batch_size:
+                size = (total + sorted_lengths[end]) if self.packed else (end - start + 1) * sorted_lengths[end]
+                if size > self.max_tokens:
+                    break
+                total += int(sorted_lengths[end])
                 end += 1
             batches.append(order[start:end])
             start = end
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
-        usable = len(batches) - len(batches) % self.num_replicas if self.num_replicas > 1 else len(batches)
+        usable = len(batches) - len(batches) % self.num_replicas if self.shuffle else len(batches)
         mine = batches[:usable][self.rank :: self.num_replicas]
         self._cache = (epoch, mine, seeds)
         return mine, seeds
@@ -142,6 +153,9 @@ class TokenBudgetBatchSampler(Sampler[list[tuple[int, int]]]):
         return len(self._plan()[0])
 
     def padding_fraction(self) -> float:
+        """Share of padding in the (B, L) batches; packed batches have none."""
+        if self.packed:
+            return 0.0
         batches, _ = self._plan()
         real = sum(int(self.lengths[b].sum()) for b in batches)
         padded = sum(len(b) * int(self.lengths[b].max()) for b in batches)
@@ -149,10 +163,14 @@ class TokenBudgetBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class MLMCollator:
-    """Samples -> padded, masked batch. Crops long records to a random window (as ESM does)."""
+    """Samples -> padded, masked batch. Crops long records to a random window (as ESM does).
+
+    ``packing=True``: the sequences go back to back in one row ``(1, N)`` with no padding, and
+    ``seq_lens`` (S,) gives their lengths (the model's packed input). Masking is identical.
+    """
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, masking: MaskingConfig = MaskingConfig(),
-                 random_crop: bool = True):
+                 random_crop: bool = True, packing: bool = False):
         self.tok = tokenizer
         self.n_special = len(tokenizer.add_special_tokens(np.zeros(0, dtype=np.int64)))
         self.max_regular = max_length - self.n_special
@@ -160,6 +178,7 @@ class MLMCollator:
             raise ValueError(f"max_length={max_length} leaves no room beside {self.n_special} special tokens")
         self.masking = masking
         self.random_crop = random_crop
+        self.packing = packing
         self.special = torch.as_tensor(tokenizer.special_ids, dtype=torch.long)
         self.random_ids = torch.as_tensor(tokenizer.random_ids, dtype=torch.long)
 
@@ -179,6 +198,14 @@ class MLMCollator:
                                random_ids=self.random_ids, generator=g, cfg=self.masking)
             inputs.append(x)
             labels.append(y)
+        index = torch.tensor([int(s["index"]) for s in samples])
+        if self.packing:
+            return {
+                "input_ids": torch.cat(inputs)[None],  # (1, N)
+                "labels": torch.cat(labels)[None],  # (1, N)
+                "seq_lens": torch.tensor([len(x) for x in inputs]),  # (S,)
+                "index": index,
+            }
         width = max(len(x) for x in inputs)
         batch_inputs = torch.full((len(inputs), width), self.tok.pad_id, dtype=torch.long)
         batch_labels = torch.full((len(inputs), width), IGNORE, dtype=torch.long)
@@ -188,7 +215,7 @@ class MLMCollator:
         return {
             "input_ids": batch_inputs,  # (B, L)
             "labels": batch_labels,  # (B, L), IGNORE except at selected positions
-            "index": torch.tensor([int(s["index"]) for s in samples]),
+            "index": index,
         }
 
 
@@ -199,18 +226,21 @@ class MLMDataModule(L.LightningDataModule):
     """Train/validation sequence datasets behind token-budget batching and MLM collation.
 
     ``train``/``val`` are factories (Hydra ``_partial_``) called with ``tokenizer=``; the corpus
-    (FASTA, shards, code) is theirs to read.
+    (FASTA, shards, code) is theirs to read. ``packing=True`` packs each batch into one row without
+    padding and counts real tokens against ``max_tokens``.
     """
 
     def __init__(self, tokenizer: Tokenizer, train: DatasetFactory, val: DatasetFactory, *,
                  max_length: int = 1024, max_tokens: int = 16384, max_batch_size: int | None = None,
-                 masking: dict | MaskingConfig | None = None, num_workers: int = 0, seed: int = 0):
+                 masking: dict | MaskingConfig | None = None, num_workers: int = 0, seed: int = 0,
+                 packing: bool = False):
         super().__init__()
         self.tokenizer = tokenizer
         self.train_factory, self.val_factory = train, val
         self.max_length, self.max_tokens, self.max_batch_size = max_length, max_tokens, max_batch_size
         self.masking = masking if isinstance(masking, MaskingConfig) else MaskingConfig(**(masking or {}))
         self.num_workers, self.seed = num_workers, seed
+        self.packing = packing
         self.train_set: SequenceDataset | None = None
         self.val_set: SequenceDataset | None = None
 
@@ -236,10 +266,11 @@ class MLMDataModule(L.LightningDataModule):
         world, rank = self._world()
         return TokenBudgetBatchSampler(self.model_lengths(ds), self.max_tokens, shuffle=shuffle,
                                        seed=self.seed if shuffle else self.seed + 1,
-                                       max_batch_size=self.max_batch_size, num_replicas=world, rank=rank)
+                                       max_batch_size=self.max_batch_size, num_replicas=world, rank=rank,
+                                       packed=self.packing)
 
     def _loader(self, ds: SequenceDataset, *, train: bool) -> DataLoader:
-        collate = MLMCollator(self.tokenizer, self.max_length, self.masking)
+        collate = MLMCollator(self.tokenizer, self.max_length, self.masking, packing=self.packing)
         return DataLoader(ds, batch_sampler=self.batch_sampler(ds, shuffle=train), collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

@@ -9,8 +9,10 @@ token embedding plus a bias). q, k and v are one fused projection (ESM's three, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -52,19 +54,77 @@ class RotaryEmbedding(nn.Module):
         return q * cos + self.rotate_half(q) * sin, k * cos + self.rotate_half(k) * sin
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Layout of a packed row: ``S`` sequences concatenated into one row of ``N`` tokens, no padding.
+
+    Every per-token operation (embeddings, projections, MLP, LayerNorms, LM head) runs on the ``N``
+    real tokens only. Attention must not cross sequences: it scatters q, k, v into an ``(S, Lmax)``
+    layout and runs SDPA with a key-padding mask there (exact: each sequence attends to itself with
+    positions restarting at 0). On CPU with length-bucketed batches the scatter costs more than the
+    padding it saves (bench/results/pretrain_vs_esm*.json); a varlen GPU kernel is the next step.
+    """
+
+    lengths: Tensor  # (S,) tokens per sequence
+    segment: Tensor  # (N,) sequence of each token
+    index: Tensor  # (N,) position of each token in the flattened (S * Lmax) layout
+    key_padding_mask: Tensor  # (S, Lmax), True at padding
+
+    @classmethod
+    def from_lengths(cls, lengths: Tensor) -> Packing:
+        lengths = torch.as_tensor(lengths, dtype=torch.long)
+        if lengths.ndim != 1 or len(lengths) == 0 or int(lengths.min()) < 1:
+            raise ValueError(f"packed sequence lengths must be a non-empty 1-d tensor of positive ints, got {lengths}")
+        S, max_len = len(lengths), int(lengths.max())
+        segment = torch.repeat_interleave(torch.arange(S, device=lengths.device), lengths)  # (N,)
+        starts = torch.cumsum(lengths, 0) - lengths  # (S,)
+        position = torch.arange(len(segment), device=lengths.device) - starts[segment]  # (N,)
+        key_padding_mask = torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+        return cls(lengths, segment, segment * max_len + position, key_padding_mask)
+
+    @property
+    def max_length(self) -> int:
+        return self.key_padding_mask.shape[1]
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(N, ...) -> (S, Lmax, ...), zeros at padding."""
+        S, Lm = self.key_padding_mask.shape
+        out = x.new_zeros((S * Lm, *x.shape[1:])).index_copy(0, self.index, x)
+        return out.view(S, Lm, *x.shape[1:])
+
+    def unpad(self, x: Tensor) -> Tensor:
+        """(S, Lmax, ...) -> (N, ...)."""
+        return x.flatten(0, 1)[self.index]
+
+
+def unpack(x: Tensor, lengths: Tensor | list[int]) -> list[Tensor]:
+    """A packed row ``(1, N, ...)`` -> one tensor ``(L_i, ...)`` per sequence."""
+    return list(x[0].split([int(n) for n in lengths]))
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.cpu_attention_fp32 = cfg.cpu_attention_fp32
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rotary_base)
 
     def forward(
-        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
+        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
+        # bf16 autocast on CPU: the projections gain (AMX), the CPU flash kernel at small head_dim
+        # loses, so attention runs in fp32 there (bench/pretrain_vs_esm.py measures both)
+        fp32_attention = self.cpu_attention_fp32 and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if fp32_attention:
+            qkv = qkv.float()
+        if packing is not None:
+            qkv = packing.pad(qkv[0])  # (S, Lmax, 3, H, Dh): sequences side by side, padded
+            key_padding_mask = packing.key_padding_mask
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         q, k = self.rotary(q, k)
         weights = None
@@ -77,8 +137,12 @@ class SelfAttention(nn.Module):
             out = weights.type_as(v) @ v  # (B, H, L, Dh)
         else:
             attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, L, Dh)
-        out = out.transpose(1, 2).reshape(B, L, D)
+            with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, L, Dh)
+        if packing is not None:
+            out = packing.unpad(out.transpose(1, 2)).reshape(B, L, D)  # back to the packed row (1, N, D)
+        else:
+            out = out.transpose(1, 2).reshape(B, L, D)
         return self.out_proj(out), weights
 
 
@@ -92,12 +156,18 @@ class TransformerLayer(nn.Module):
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.embed_dim)
 
     def forward(
-        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False
+        self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False,
+        packing: Packing | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        h, weights = self.attn(self.attn_norm(x), key_padding_mask, need_weights)
+        h, weights = self.attn(self.attn_norm(x), key_padding_mask, need_weights, packing)
         x = x + h  # (B, L, D)
         x = x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))  # exact erf GELU, as ESM
         return x, weights
+
+
+def layer_classes() -> set[type[nn.Module]]:
+    """The repeated block, for strategies that wrap per layer (FSDP ``auto_wrap_policy``)."""
+    return {TransformerLayer}
 
 
 class Encoder(nn.Module):
@@ -112,35 +182,54 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
         self.final_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
 
-    def embed(self, tokens: Tensor, padding_mask: Tensor) -> Tensor:
+    def embed(self, tokens: Tensor, padding_mask: Tensor, packing: Packing | None = None) -> Tensor:
         x = self.embed_tokens(tokens)  # (B, L, D)
         if self.cfg.token_dropout:
             # ESM-2: zero the <mask> embeddings and rescale by the observed mask ratio per sequence
             is_mask = tokens.eq(self.cfg.mask_id)
             x = x.masked_fill(is_mask.unsqueeze(-1), 0.0)
-            lengths = (~padding_mask).sum(-1)
-            observed = is_mask.sum(-1).to(x.dtype) / lengths
-            x = x * (1 - self.cfg.mask_ratio_train) / (1 - observed)[:, None, None]
+            if packing is None:
+                lengths = (~padding_mask).sum(-1)
+                observed = is_mask.sum(-1).to(x.dtype) / lengths
+                x = x * (1 - self.cfg.mask_ratio_train) / (1 - observed)[:, None, None]
+            else:  # one row, several sequences: the ratio is per sequence, as unpacked
+                n_masked = torch.zeros(len(packing.lengths), dtype=x.dtype, device=x.device)
+                n_masked.index_add_(0, packing.segment, is_mask[0].to(x.dtype))
+                observed = n_masked / packing.lengths
+                x = x * ((1 - self.cfg.mask_ratio_train) / (1 - observed))[packing.segment][None, :, None]
         return x * (~padding_mask).unsqueeze(-1).to(x.dtype)
 
     def forward(
-        self, tokens: Tensor, repr_layers: Iterable[int] = (), need_weights: bool = False
+        self, tokens: Tensor, repr_layers: Iterable[int] = (), need_weights: bool = False,
+        seq_lens: Tensor | None = None,
     ) -> dict[str, Any]:
         """tokens (B, L) -> {"hidden": (B, L, D) after the final LayerNorm,
         "representations": {layer: (B, L, D)} (0 = embeddings, num_layers = final, normed),
-        "attentions": (B, num_layers, H, L, L) when need_weights}."""
+        "attentions": (B, num_layers, H, L, L) when need_weights}.
+
+        Packed input: ``tokens`` (1, N) holds sequences back to back with no padding and
+        ``seq_lens`` (S,) their lengths (summing to N); outputs are (1, N, ...) and each sequence
+        gets exactly what it would get alone (``unpack`` splits them)."""
+        packing = None
+        if seq_lens is not None:
+            if tokens.shape[0] != 1 or int(seq_lens.sum()) != tokens.shape[1]:
+                raise ValueError(f"packed input must be one row (1, N) with sum(seq_lens) == N; got tokens "
+                                 f"{tuple(tokens.shape)} and sum(seq_lens) = {int(seq_lens.sum())}")
+            if need_weights:
+                raise ValueError("need_weights=True needs padded (unpacked) input: attention maps are per sequence")
+            packing = Packing.from_lengths(seq_lens.to(tokens.device))
         padding_mask = tokens.eq(self.cfg.pad_id)  # (B, L), True at padding
-        x = self.embed(tokens, padding_mask)
-        key_padding_mask = padding_mask if padding_mask.any() else None
+        x = self.embed(tokens, padding_mask, packing)
+        key_padding_mask = padding_mask if packing is None and padding_mask.any() else None
         wanted = set(repr_layers)
         reps: dict[int, Tensor] = {0: x} if 0 in wanted else {}
         attentions = []
         use_ckpt = self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers, start=1):
             if use_ckpt and not need_weights:
-                x, w = checkpoint(layer, x, key_padding_mask, False, use_reentrant=False)
+                x, w = checkpoint(layer, x, key_padding_mask, False, packing, use_reentrant=False)
             else:
-                x, w = layer(x, key_padding_mask, need_weights)
+                x, w = layer(x, key_padding_mask, need_weights, packing)
             if i in wanted:
                 reps[i] = x
             if need_weights:
@@ -249,9 +338,10 @@ class MaskedLM(nn.Module):
 
     def forward(
         self, tokens: Tensor, repr_layers: Iterable[int] = (), need_weights: bool = False,
-        return_contacts: bool = False,
+        return_contacts: bool = False, seq_lens: Tensor | None = None,
     ) -> dict[str, Any]:
-        out = self.encoder(tokens, repr_layers=repr_layers, need_weights=need_weights or return_contacts)
+        out = self.encoder(tokens, repr_layers=repr_layers, need_weights=need_weights or return_contacts,
+                           seq_lens=seq_lens)
         out["logits"] = self.mlm_logits(out["hidden"])  # (B, L, V)
         if return_contacts:
             mask = ContactHead.residue_mask(tokens, self.config.pad_id)

@@ -17,11 +17,14 @@ from fm_core.model import MaskedLM
 
 
 def param_groups(net: torch.nn.Module) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases, LayerNorm gains and such get none."""
+    """Weight decay on the weights of linear and embedding layers only; biases, LayerNorm gains and
+    such get none. Chosen by module type, not by ``p.ndim``: under FSDP parameters are flat shards."""
     decay, no_decay = [], []
-    for p in net.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+    for module in net.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                matrix = name == "weight" and isinstance(module, (torch.nn.Linear, torch.nn.Embedding))
+                (decay if matrix else no_decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -42,7 +45,7 @@ class MLMModule(L.LightningModule):
 
     def masked_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Logits and labels at the selected positions only: the LM head never runs elsewhere."""
-        hidden = self.net.encoder(batch["input_ids"])["hidden"]  # (B, L, D)
+        hidden = self.net.encoder(batch["input_ids"], seq_lens=batch.get("seq_lens"))["hidden"]  # (B, L, D)
         selected = batch["labels"] != IGNORE  # (B, L)
         return self.net.mlm_logits(hidden[selected]), batch["labels"][selected]  # (N, V), (N,)
 

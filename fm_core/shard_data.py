@@ -30,8 +30,10 @@ class ClusterSampledBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(self, lengths: np.ndarray, clusters: np.ndarray, max_tokens: int, *, seed: int = 0,
-                 max_batch_size: int | None = None, num_replicas: int = 1, rank: int = 0):
+                 max_batch_size: int | None = None, num_replicas: int = 1, rank: int = 0,
+                 packed: bool = False):
         self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.packed = packed
         self.clusters = np.asarray(clusters, dtype=np.int64)
         if len(self.clusters) != len(self.lengths):
             raise ValueError(f"{len(self.clusters)} cluster ids for {len(self.lengths)} samples")
@@ -56,7 +58,8 @@ class ClusterSampledBatchSampler(Sampler[list[tuple[int, int]]]):
             chosen = self.members(self.epoch)
             inner = TokenBudgetBatchSampler(self.lengths[chosen], self.max_tokens, shuffle=True, seed=self.seed,
                                             max_batch_size=self.max_batch_size,
-                                            num_replicas=self.num_replicas, rank=self.rank)
+                                            num_replicas=self.num_replicas, rank=self.rank,
+                                            packed=self.packed)
             inner.set_epoch(self.epoch)
             self._cache = (self.epoch, chosen, inner)
         return self._cache[1], self._cache[2]
@@ -97,4 +100,4 @@ class ShardDataModule(MLMDataModule):
         world, rank = self._world()
         return ClusterSampledBatchSampler(self.model_lengths(ds), ds.column("cluster"), self.max_tokens,
                                           seed=self.seed, max_batch_size=self.max_batch_size,
-                                          num_replicas=world, rank=rank)
+                                          num_replicas=world, rank=rank, packed=self.packing)

@@ -73,6 +73,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
     fit_seconds = time.perf_counter() - started
     final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    # every rank counted its own tokens: the run's total is their sum (a no-op on one process)
+    tokens_seen = int(trainer.strategy.reduce(torch.tensor(float(module.tokens_seen)), reduce_op="sum"))
 
     metrics: dict[str, Any] = {k: float(v) for k, v in final.items()}
     metrics.update(datamodule.stats())
@@ -80,9 +82,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model/size": net.config.name,
         "model/num_parameters": sum(p.numel() for p in net.parameters()),
         "train/steps": trainer.global_step,
-        "train/tokens_seen": module.tokens_seen,
+        "train/tokens_seen": tokens_seen,
         "train/seconds": fit_seconds,
-        "train/tokens_per_second": module.tokens_seen / max(fit_seconds, 1e-9),
+        "train/tokens_per_second": tokens_seen / max(fit_seconds, 1e-9),
     })
     if "val/unigram_perplexity" in metrics:
         metrics["val/perplexity_ratio_to_unigram"] = metrics["val/perplexity"] / metrics["val/unigram_perplexity"]

@@ -78,3 +78,9 @@ def test_dataset_keys_and_seed(alphabet):
     ds = SequenceDataset(arrays, ["a", "b"], ReadStats("mem"))
     assert ds[(1, 99)]["seed"] == 99 and ds[1]["ids"].tolist() == arrays[1].tolist()
     assert ds.token_counts(33)[alphabet.index["L"]] == 5
+
+
+def test_evaluation_ranks_cover_every_sample_once(real_lengths):
+    samplers = [TokenBudgetBatchSampler(real_lengths, 8192, shuffle=False, num_replicas=3, rank=r) for r in range(3)]
+    union = [i for s in samplers for b in s for i, _ in b]
+    assert sorted(union) == list(range(len(real_lengths)))  # nothing trimmed, nothing twice

@@ -1,0 +1,130 @@
+"""Shared pieces of the benchmarks: real batches, interleaved timing, measured matmul peaks, JSON out.
+
+Rules every bench here follows (the machine is shared and timings swing 2x): the reference and our
+variants run on identical inputs in one process, interleaved round by round (the order rotates
+each round), and the reported figure is the ratio of medians over rounds, never a lone time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(), "load_avg_1m": os.getloadavg()[0]}
+
+
+def protein_dataset(split: str = "train"):
+    """The embedded UniProt slice (real proteins, their real length distribution)."""
+    from bio_fm.alphabet import ProteinAlphabet
+    from bio_fm.fasta import fasta_dataset
+
+    tok = ProteinAlphabet()
+    path = str(files("bio_fm").joinpath(f"data/uniprot_slice/{split}.fasta.gz"))
+    return fasta_dataset(path, tok), tok
+
+
+def real_batches(n_batches: int, max_tokens: int, max_length: int = 1024, seed: int = 0,
+                 split: str = "train") -> dict[str, Any]:
+    """``n_batches`` training batches of real proteins cut by our token-budget sampler, chosen at
+    evenly spaced quantiles of batch length so their tokens follow the corpus length distribution.
+    Returns the same samples (same crops, same masks) collated padded and packed."""
+    from fm_core.data import MLMCollator, TokenBudgetBatchSampler
+
+    ds, tok = protein_dataset(split)
+    lengths = np.minimum(ds.lengths + 2, max_length)
+    sampler = TokenBudgetBatchSampler(lengths, max_tokens, seed=seed)
+    plan = sorted(sampler, key=lambda b: max(lengths[i] for i, _ in b))
+    picks = np.linspace(0, len(plan) - 1, n_batches + 2)[1:-1].round().astype(int)
+    chosen = [plan[i] for i in picks]
+    padded = MLMCollator(tok, max_length)
+    packed = MLMCollator(tok, max_length, packing=True)
+    out = {"padded": [padded([ds[k] for k in b]) for b in chosen],
+           "packed": [packed([ds[k] for k in b]) for b in chosen], "tokenizer": tok}
+    for p, q in zip(out["padded"], out["packed"], strict=True):  # same samples, same masks
+        assert torch.equal(p["input_ids"][p["input_ids"] != tok.pad_id], q["input_ids"][0])
+    out["real_tokens"] = sum(int(b["seq_lens"].sum()) for b in out["packed"])
+    out["seq_lens"] = [b["seq_lens"].tolist() for b in out["packed"]]
+    return out
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 3, device: torch.device | str = "cpu") -> float:
+    """Measured matrix-multiply throughput (GFLOP/s) of an n x n x n product: the peak MFU refers to."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        n = max(n, 8192)  # a GPU needs a large product to reach its peak
+    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    a @ b
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1,
+                extra: dict[str, Callable[[], float]] | None = None,
+                progress: Callable[[str], None] = print) -> dict[str, list[float]]:
+    """Seconds per call of each variant, ``rounds`` times, variants interleaved with a rotating order.
+    ``extra`` callables return a number measured once per round (e.g. a matmul peak)."""
+    names = list(variants)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    measured: dict[str, list[float]] = {n: [] for n in (extra or {})}
+    for r in range(warmup + rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            t = time.perf_counter()
+            variants[name]()
+            dt = time.perf_counter() - t
+            if r >= warmup:
+                times[name].append(dt)
+        if r >= warmup:
+            for name, fn in (extra or {}).items():
+                measured[name].append(fn())
+        progress(f"round {r + 1}/{warmup + rounds}" + (" (warm-up)" if r < warmup else "") + ": " +
+                 ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names if r >= warmup))
+    return {**times, **measured}
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in header]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for j, r in enumerate(cells):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(name: str, payload: dict[str, Any], out: str | None = None) -> Path:
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    print(f"results: {path}")
+    return path
