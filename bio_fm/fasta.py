@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from Bio import SeqIO
+from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from fm_core.data import ReadStats, SequenceDataset
 from fm_core.tokenizer import InvalidRecordError, Tokenizer
@@ -30,6 +30,28 @@ def open_text(path: str | Path) -> io.TextIOBase:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
 
 
+def _record_id(title: str) -> str:
+    """The record id: the header's first word (as Biopython's ``SeqRecord.id``)."""
+    return title.split(None, 1)[0] if title.strip() else ""
+
+
+def _checked_lines(lines: Iterator[str], path: str | Path) -> Iterator[str]:
+    """The lines of a FASTA file; text before the first ``>`` header (which the parser would drop
+    silently) is an error naming the file and line. Blank leading lines are fine."""
+    it = iter(lines)
+    for number, line in enumerate(it, start=1):
+        if line.startswith(">"):
+            yield line
+            break
+        if line.strip():
+            raise ValueError(f"file {path}: cannot parse FASTA: line {number} comes before the first '>' header "
+                             f"({line.strip()[:40]!r}); not a FASTA file?")
+    yield from it
+
+
+# Biopython's SimpleFastaParser yields plain strings: a sequence with non-ASCII characters (e.g.
+# U+FFFD from undecodable bytes) reaches the tokenizer, which names the record and position,
+# instead of failing the whole file inside ``Seq``.
 class FastaStream:
     """Iterate (record id, sequence) of a FASTA file (plain or gzip) of any size, with the bytes
     read so far (``position``, of the file on disk) for a progress bar. Errors name the file."""
@@ -53,8 +75,8 @@ class FastaStream:
             binary = gzip.GzipFile(fileobj=raw, mode="rb") if magic == b"\x1f\x8b" else raw
             handle = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
             try:
-                for rec in SeqIO.parse(handle, "fasta"):
-                    yield rec.id, str(rec.seq)
+                for title, seq in SimpleFastaParser(_checked_lines(handle, self.path)):
+                    yield _record_id(title), seq
             except (ValueError, EOFError, OSError) as err:  # malformed layout, truncated gzip
                 raise ValueError(f"file {self.path}: cannot parse FASTA: {err}") from err
 
@@ -63,8 +85,8 @@ def iter_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
     """(record id, sequence) pairs, read with Biopython. Errors name the file."""
     with open_text(path) as handle:
         try:
-            for rec in SeqIO.parse(handle, "fasta"):
-                yield rec.id, str(rec.seq)
+            for title, seq in SimpleFastaParser(_checked_lines(handle, path)):
+                yield _record_id(title), seq
         except (ValueError, EOFError, OSError) as err:  # malformed layout, truncated gzip
             raise ValueError(f"file {path}: cannot parse FASTA: {err}") from err
 
@@ -94,6 +116,10 @@ def fasta_dataset(path: str | Path, tokenizer: Tokenizer, *, on_invalid: Policy 
         arrays.append(ids)
         names.append(name)
         stats.kept += 1
+    duplicates = len(names) - len(set(names))
+    if duplicates:  # kept (ids are labels, not keys here) but counted and reported
+        stats.notes["duplicate_ids"] = duplicates
+        log.warning("%s: %d records reuse an earlier record's id", path, duplicates)
     stats.check()
     if stats.rejected:
         log.warning("%s: kept %d of %d records, rejected %s; e.g. %s", path, stats.kept, stats.read,

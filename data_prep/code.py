@@ -99,7 +99,14 @@ def stage_scan(tmp: Path, cfg: CodePrepConfig) -> dict[str, Any]:
         for p in common.progress(iter_files(root, cfg.extensions), desc=f"scan {root.name}", unit=" file"):
             counts.read += 1
             rel = f"{root.name}/{p.relative_to(root).as_posix()}"
-            raw = p.read_bytes()
+            try:  # size first: a 50 MB minified bundle is rejected without being read
+                if p.stat().st_size > cfg.max_bytes:
+                    counts.reject("oversized", f"{rel}: {p.stat().st_size} bytes")
+                    continue
+                raw = p.read_bytes()
+            except OSError as err:  # unreadable (permissions, vanished, a FIFO...): counted, named
+                counts.reject("unreadable", f"{rel}: {err.strerror or err}")
+                continue
             if b"\0" in raw:
                 counts.reject("binary", rel)
                 continue

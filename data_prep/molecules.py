@@ -139,6 +139,12 @@ def iter_rows(path: Path, src: Source) -> Iterator[tuple[int, Any, dict[str, str
         raise ValueError(f"file {path}: cannot read ({type(err).__name__}: {err})") from err
 
 
+# Beyond drug-like sizes RDKit's recursive canonicalisation can exhaust the C stack (a 6,000-atom
+# chain crashes the interpreter), so larger inputs are rejected, counted, before RDKit sees them.
+MAX_SMILES_CHARS = 4000
+MAX_ATOMS = 1000
+
+
 def parse(smiles_or_mol: Any) -> tuple[Any, str | None]:
     """(sanitised Mol, None) or (None, RDKit's reason)."""
     from rdkit import Chem
@@ -147,6 +153,10 @@ def parse(smiles_or_mol: Any) -> tuple[Any, str | None]:
         text = smiles_or_mol.strip()
         if not text:
             return None, "empty"
+        if len(text) > MAX_SMILES_CHARS:
+            return None, f"SMILES of {len(text)} characters (limit {MAX_SMILES_CHARS})"
+        if "\0" in text:
+            return None, "NUL character in SMILES"
         mol = Chem.MolFromSmiles(text, sanitize=False)
         if mol is None:
             return None, "SMILES parse error"
@@ -154,12 +164,16 @@ def parse(smiles_or_mol: Any) -> tuple[Any, str | None]:
         mol = smiles_or_mol
         if mol is None:
             return None, "unreadable SDF record"
+    if mol.GetNumAtoms() > MAX_ATOMS:
+        return None, f"{mol.GetNumAtoms()} atoms (limit {MAX_ATOMS})"
     try:
         Chem.SanitizeMol(mol)
     except Exception as err:  # RDKit raises several sanitisation error types
         return None, str(err).strip().splitlines()[0]
     if mol.GetNumAtoms() == 0:
         return None, "no atoms"
+    if mol.GetNumAtoms() > MAX_ATOMS:
+        return None, f"{mol.GetNumAtoms()} atoms (limit {MAX_ATOMS})"
     return mol, None
 
 

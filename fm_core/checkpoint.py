@@ -8,16 +8,19 @@ exact non-tensor globals its files may contain: nothing else is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -207,3 +210,143 @@ def init_from_checkpoint(path: str | Path, tokenizer: Tokenizer | None = None, s
         net.load_state_dict(state)
     net.config.extra = {**net.config.extra, "init_from": str(path)}
     return net.train()
+
+
+# ----------------------------------------------------------------------------------------------
+# Training checkpoints: atomic writes with a size + SHA-256 sidecar, verification, resume lookup
+# ----------------------------------------------------------------------------------------------
+
+SIDECAR_SUFFIX = ".sha256.json"
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through (torch.save streams
+    its zip archive through ``write``), so a checkpoint is hashed without being read back."""
+
+    def __init__(self, fh):
+        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.sha.update(view)
+        self.size += view.nbytes
+        return self.fh.write(view)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``torch.save`` to ``<path>.tmp``, fsync, write the sidecar ``<path>.sha256.json`` (size,
+    SHA-256, ``info``), then rename into place. A crash at any point leaves either the previous
+    file or no file at ``path``, never a partial one; a sidecar that disagrees with its file (or
+    names no file) marks the checkpoint as unusable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        writer = _HashingWriter(fh)
+        torch.save(obj, writer)
+        fh.flush()
+        os.fsync(fh.fileno())
+    record = {"file": path.name, "size": writer.size, "sha256": writer.sha.hexdigest(), **(info or {})}
+    _atomic_write_bytes(sidecar_path(path), json.dumps(record, indent=1, sort_keys=True).encode())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return record
+
+
+def verify_checkpoint(path: str | Path, *, require_sidecar: bool = False) -> dict[str, Any]:
+    """Check a checkpoint against its sidecar (size first, then SHA-256); returns the sidecar.
+    Raises ``CheckpointError`` naming the file and what is wrong. Without a sidecar the file is
+    accepted as it is unless ``require_sidecar`` (it is still only ever read with weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    side = sidecar_path(path)
+    if not side.is_file():
+        if require_sidecar:
+            raise CheckpointError(f"{path}: no {side.name} sidecar (not written by fm-toolkit, or interrupted)")
+        return {}
+    try:
+        record = json.loads(side.read_text())
+        size, digest = int(record["size"]), str(record["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable sidecar {side.name} ({err})") from err
+    actual = path.stat().st_size
+    if actual != size:
+        raise CheckpointError(f"{path}: truncated or overwritten: {actual} bytes, the sidecar says {size}")
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            sha.update(chunk)
+    if sha.hexdigest() != digest:
+        raise CheckpointError(f"{path}: corrupt: SHA-256 {sha.hexdigest()[:12]}... differs from the sidecar's {digest[:12]}...")
+    return record
+
+
+def find_resume_checkpoint(directory: str | Path) -> Path | None:
+    """The newest training checkpoint in ``directory`` that verifies against its sidecar (highest
+    global step, then the latest written). Broken ones are reported and passed over; leftover
+    ``*.tmp`` files of an interrupted save are removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    for tmp in directory.glob("*.tmp"):
+        log.warning("removing %s: an interrupted checkpoint save", tmp)
+        tmp.unlink(missing_ok=True)
+    candidates = []
+    for side in directory.glob("*" + SIDECAR_SUFFIX):
+        ckpt = side.with_name(side.name.removesuffix(SIDECAR_SUFFIX))
+        try:
+            record = json.loads(side.read_text())
+            key = (int(record.get("global_step", -1)), int(record.get("written_ns", 0)))
+        except (OSError, ValueError, TypeError):
+            key = (-1, 0)
+        candidates.append((key, ckpt))
+    for _, ckpt in sorted(candidates, key=lambda kc: kc[0], reverse=True):
+        try:
+            verify_checkpoint(ckpt, require_sidecar=True)
+        except CheckpointError as err:
+            message = f"skipping checkpoint {err}; trying the previous one"
+            log.warning(message)
+            print(message)
+            continue
+        return ckpt
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO``: atomic, hashed saves (``atomic_torch_save``) and loads that
+    verify the sidecar and never unpickle code (``torch.load(weights_only=True)``)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        info = {"global_step": int(checkpoint.get("global_step", -1)), "epoch": int(checkpoint.get("epoch", -1)),
+                "written_ns": time.time_ns()}
+        atomic_torch_save(checkpoint, path, info)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        verify_checkpoint(path)
+        return safe_torch_load(path)
+
+    def remove_checkpoint(self, path) -> None:
+        Path(path).unlink(missing_ok=True)
+        sidecar_path(path).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fm_core.masking import IGNORE, MaskingConfig, mask_tokens
+from fm_core.resume import resumable
 from fm_core.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class ReadStats:
         self.kept = 0
         self.rejected: Counter[str] = Counter()
         self.examples: list[str] = []  # first few rejection messages, for the log
+        self.notes: Counter[str] = Counter()  # kept records worth a count (e.g. duplicate_ids)
 
     def reject(self, reason: str, message: str) -> None:
         self.rejected[reason] += 1
@@ -41,6 +43,7 @@ class ReadStats:
     def as_dict(self, prefix: str) -> dict[str, int]:
         out = {f"{prefix}_read": self.read, f"{prefix}_kept": self.kept}
         out.update({f"{prefix}_rejected_{k}": v for k, v in sorted(self.rejected.items())})
+        out.update({f"{prefix}_{k}": v for k, v in sorted(self.notes.items())})
         return out
 
     def check(self) -> None:
@@ -271,7 +274,10 @@ class MLMDataModule(L.LightningDataModule):
 
     def _loader(self, ds: SequenceDataset, *, train: bool) -> DataLoader:
         collate = MLMCollator(self.tokenizer, self.max_length, self.masking, packing=self.packing)
-        return DataLoader(ds, batch_sampler=self.batch_sampler(ds, shuffle=train), collate_fn=collate,
+        sampler = self.batch_sampler(ds, shuffle=train)
+        if train:  # resumable mid-epoch: starts where a restored checkpoint left off (fm_core.resume)
+            sampler = resumable(sampler, getattr(self, "trainer", None))
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -32,6 +32,8 @@ from fm_core.tokenizer import Tokenizer, tokenizer_from_dict
 
 TOKENIZER_FILE = "tokenizer.json"
 SPLIT_FILE = "split.json"
+# layout version written into split.json; readers refuse others (files without one are version 1)
+SHARD_FORMAT_VERSION = 1
 
 
 def _token_type(vocab_size: int) -> pa.DataType:
@@ -137,7 +139,8 @@ class ShardWriter:
 
     def close(self, **metadata: Any) -> dict[str, Any]:
         self._close_shard()
-        summary = {"rows": self.rows, "tokens": self.tokens, "shards": self.shards, **metadata}
+        summary = {"format_version": SHARD_FORMAT_VERSION, "rows": self.rows, "tokens": self.tokens,
+                   "shards": self.shards, **metadata}
         (self.dir / SPLIT_FILE).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
         return summary
 
@@ -163,7 +166,16 @@ class ShardDataset:
         meta_file = self.path / SPLIT_FILE
         if not meta_file.is_file():
             raise FileNotFoundError(f"no {SPLIT_FILE} in {self.path}: not a prepared split (run fm-prep)")
-        self.meta = json.loads(meta_file.read_text())
+        try:
+            self.meta = json.loads(meta_file.read_text())
+            version = self.meta.get("format_version", 1)
+            shards = [(str(sh["file"]), int(sh["rows"]), sh.get("sha256")) for sh in self.meta["shards"]]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{meta_file}: unreadable split description ({type(err).__name__}: {err}); "
+                             "re-run fm-prep") from err
+        if version != SHARD_FORMAT_VERSION:
+            raise ValueError(f"{meta_file}: shard format version {version!r}; this fm-toolkit reads version "
+                             f"{SHARD_FORMAT_VERSION}: re-run fm-prep with this version")
         if tokenizer is not None:
             saved = self.path.parent / TOKENIZER_FILE
             if saved.is_file() and json.loads(saved.read_text()) != tokenizer.to_dict():
@@ -173,13 +185,20 @@ class ShardDataset:
         self._values: list[np.ndarray] = []
         self._offsets: list[np.ndarray] = []
         starts = [0]
-        for shard in self.meta["shards"]:
-            file = self.path / shard["file"]
-            if verify and _sha256(file) != shard["sha256"]:
+        for name, rows, sha256 in shards:
+            file = self.path / name
+            if verify and _sha256(file) != sha256:
                 raise ValueError(f"{file}: SHA-256 differs from {meta_file} (corrupt or partial copy)")
-            table = pa.ipc.open_file(pa.memory_map(str(file), "r")).read_all()
-            if table.num_rows != shard["rows"]:
-                raise ValueError(f"{file}: {table.num_rows} rows, {meta_file} says {shard['rows']}")
+            try:
+                table = pa.ipc.open_file(pa.memory_map(str(file), "r")).read_all()
+            except (OSError, pa.ArrowException) as err:
+                raise ValueError(f"{file}: missing, truncated or not an Arrow IPC shard "
+                                 f"({type(err).__name__}: {err}); re-run fm-prep") from err
+            if table.num_rows != rows:
+                raise ValueError(f"{file}: {table.num_rows} rows, {meta_file} says {rows}")
+            tokens_type = table.schema.field("tokens").type if "tokens" in table.column_names else None
+            if tokens_type is None or not pa.types.is_list(tokens_type) or not pa.types.is_integer(tokens_type.value_type):
+                raise ValueError(f"{file}: no integer list column 'tokens' (has {table.schema}); not an fm-prep shard")
             self._tables.append(table)
             for chunk in table.column("tokens").chunks:
                 if len(chunk) == 0:
@@ -224,7 +243,11 @@ class ShardDataset:
     def token_counts(self, vocab_size: int) -> np.ndarray:
         counts = np.zeros(vocab_size, dtype=np.int64)
         for off, values in zip(self._offsets, self._values, strict=True):
-            counts += np.bincount(values[off[0] : off[-1]], minlength=vocab_size)[:vocab_size]
+            found = np.bincount(values[off[0] : off[-1]], minlength=vocab_size)
+            if len(found) > vocab_size:
+                raise ValueError(f"{self.path}: token id {len(found) - 1} outside the tokenizer's {vocab_size} "
+                                 "ids (shards written with another tokenizer?)")
+            counts += found
         return counts
 
     def column(self, name: str) -> np.ndarray:

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from fm_core.checkpoint import save_pretrained
+from fm_core.checkpoint import find_resume_checkpoint, save_pretrained, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,33 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in (group or {}).values() if node is not None]
 
 
+RESUME_MODES = {"auto": "auto", "true": "must", "false": "never"}
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """The checkpoint ``trainer.fit`` starts from.
+
+    ``ckpt_path=...`` names one explicitly (verified against its sidecar when it has one).
+    Otherwise ``resume`` decides: ``auto`` (default) continues from the newest checkpoint in
+    ``<run_dir>/checkpoints`` that verifies (a truncated/corrupt one is reported and the previous
+    one used) and starts fresh when there is none; ``true`` requires one; ``false`` never resumes.
+    """
     if cfg.get("ckpt_path"):
+        verify_checkpoint(cfg.ckpt_path)
         return str(cfg.ckpt_path)
-    last = Path(cfg.paths.run_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if cfg.get("resume") and last.is_file() else None
+    mode = RESUME_MODES.get(str(cfg.get("resume", "auto")).lower())
+    if mode is None:
+        raise ValueError(f"resume must be one of {', '.join(RESUME_MODES)}, got {cfg.get('resume')!r}")
+    if mode == "never":
+        return None
+    ckpt_dir = Path(cfg.paths.run_dir) / "checkpoints"
+    found = find_resume_checkpoint(ckpt_dir)
+    if found is None:
+        if mode == "must":
+            raise FileNotFoundError(f"resume=true but {ckpt_dir} holds no usable checkpoint")
+        return None
+    print(f"resuming from {found}")
+    return str(found)
 
 
 def close_loggers(trainer: L.Trainer) -> None:
@@ -50,6 +73,8 @@ def close_loggers(trainer: L.Trainer) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
+    # our training loader resumes mid-epoch (fm_core.resume), which Lightning cannot see
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -72,6 +97,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
     fit_seconds = time.perf_counter() - started
+    # the final state, for resuming with more steps or fine-tuning (atomic and hashed like all checkpoints)
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     # every rank counted its own tokens: the run's total is their sum (a no-op on one process)
     tokens_seen = int(trainer.strategy.reduce(torch.tensor(float(module.tokens_seen)), reduce_op="sum"))

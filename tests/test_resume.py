@@ -1,0 +1,154 @@
+"""Crash and resume: a real ``fm-pretrain`` process is SIGKILLed in the middle of training and the
+same command, rerun, finishes with exactly the metrics of an uninterrupted run (data order,
+learning-rate schedule, optimizer and RNG states all restored); checkpoints are atomic, hashed,
+the newest k are kept, and a damaged one is passed over for the previous one."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fm_core.checkpoint import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    atomic_torch_save,
+    find_resume_checkpoint,
+    sidecar_path,
+    verify_checkpoint,
+)
+from fm_core.train import train
+
+FM_PRETRAIN = str(Path(sys.executable).with_name("fm-pretrain"))
+# 64 training sequences: about 10 batches an epoch, so 36 steps cross three epoch boundaries
+STEPS, CKPT_EVERY, KILL_AT = 36, 7, 23
+
+
+def _small_fasta(records, path: Path, n: int) -> Path:
+    with gzip.open(path, "wt") as fh:
+        for name, seq in records[:n]:
+            fh.write(f">{name}\n{seq}\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, valid_records):
+    d = tmp_path_factory.mktemp("resume_data")
+    return _small_fasta(valid_records, d / "train.fa.gz", 64), _small_fasta(valid_records[64:], d / "val.fa.gz", 24)
+
+
+def overrides(train_fa: Path, val_fa: Path, run_dir: Path) -> list[str]:
+    return ["model=tiny", "model.max_length=128", "data=fasta", f"data.train.path={train_fa}",
+            f"data.val.path={val_fa}", "data.max_tokens=1024", f"trainer.max_steps={STEPS}",
+            "trainer.val_check_interval=10", "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
+            f"callbacks.resume_checkpoint.every_n_train_steps={CKPT_EVERY}", "module.scheduler.warmup_steps=5",
+            "export=true", f"hydra.run.dir={run_dir}", f"paths.run_dir={run_dir}"]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"fm-pretrain exited with {proc.returncode} before step {KILL_AT}:\n"
+                                 + proc.stdout.read()[-3000:])
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("fm-pretrain did not reach the kill point in time")
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_training_then_resume_equals_uninterrupted(small_data, compose, tmp_path):
+    train_fa, val_fa = small_data
+    run_dir, flag = tmp_path / "run", tmp_path / "stalled"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cmd = [FM_PRETRAIN, *overrides(train_fa, val_fa, run_dir)]
+    first = subprocess.Popen([*cmd, "+callbacks.stall._target_=killpoint.StallAt", f"+callbacks.stall.step={KILL_AT}",
+                              f"+callbacks.stall.flag={flag}"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    _wait_for(flag, first)
+    stalled_epoch = int(flag.read_text())
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    first.stdout.close()
+    assert first.returncode == -signal.SIGKILL
+    assert not (run_dir / "metrics.json").exists()
+    saved = sorted(p.name for p in (run_dir / "checkpoints").glob("resume-*.ckpt"))
+    assert saved == ["resume-step0000007.ckpt", "resume-step0000014.ckpt", "resume-step0000021.ckpt"]
+    assert stalled_epoch >= 1  # the run is killed past an epoch boundary, part-way through an epoch
+
+    # the same command, rerun (resume=auto is the default)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resuming from {run_dir / 'checkpoints' / 'resume-step0000021.ckpt'}" in second.stdout
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+
+    # the same run, never interrupted (in-process; the logger does not touch the numbers)
+    ref_dir = tmp_path / "uninterrupted"
+    ref = train(compose([*overrides(train_fa, val_fa, ref_dir)[:-2], f"paths.run_dir={ref_dir}", "logger=csv"]))
+
+    for key in ("val/perplexity", "val/accuracy", "val/loss", "train/steps", "train/tokens_seen"):
+        assert resumed[key] == ref[key], key  # exactly, on CPU
+    assert resumed["train/steps"] == STEPS
+    ours, theirs = load_file(run_dir / "export" / "model.safetensors"), load_file(ref_dir / "export" / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    # keep the newest 3 periodic checkpoints, each with a verified sidecar
+    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("resume-*.ckpt"))
+    assert kept == ["resume-step0000021.ckpt", "resume-step0000028.ckpt", "resume-step0000035.ckpt"]
+    assert all(verify_checkpoint(run_dir / "checkpoints" / k)["global_step"] == int(k[-12:-5]) for k in kept)
+    # the W&B offline run continues: two offline segments (before and after the crash), one run id
+    segments = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1
+
+
+def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, capsys):
+    d = tmp_path / "checkpoints"
+    for step in (10, 20, 30):
+        atomic_torch_save({"global_step": step, "w": torch.full((100,), float(step))}, d / f"s{step}.ckpt",
+                          {"global_step": step, "written_ns": step})
+    assert find_resume_checkpoint(d) == d / "s30.ckpt"
+    # a crash that left a partial temp file never touches a finished checkpoint; the temp is removed
+    (d / "s40.ckpt.tmp").write_bytes(b"partial")
+    # truncated newest -> the previous one, with a message naming the file and the reason
+    with open(d / "s30.ckpt", "r+b") as fh:
+        fh.truncate(200)
+    assert find_resume_checkpoint(d) == d / "s20.ckpt"
+    assert "s30.ckpt: truncated" in capsys.readouterr().out
+    assert not (d / "s40.ckpt.tmp").exists()
+    # same size, flipped bytes -> caught by the hash
+    data = bytearray((d / "s20.ckpt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (d / "s20.ckpt").write_bytes(bytes(data))
+    assert find_resume_checkpoint(d) == d / "s10.ckpt"
+    assert "s20.ckpt: corrupt: SHA-256" in capsys.readouterr().out
+    # the Lightning CheckpointIO refuses a damaged file outright; removing drops the sidecar too
+    io = AtomicCheckpointIO()
+    with pytest.raises(CheckpointError, match="corrupt"):
+        io.load_checkpoint(d / "s20.ckpt")
+    assert float(io.load_checkpoint(d / "s10.ckpt")["w"][0]) == 10.0
+    io.remove_checkpoint(d / "s10.ckpt")
+    assert not sidecar_path(d / "s10.ckpt").exists() and find_resume_checkpoint(d) is None
+
+
+def test_resume_modes(compose, tmp_path):
+    from fm_core.train import resolve_ckpt_path
+
+    cfg = compose([f"paths.run_dir={tmp_path}", "resume=true"])
+    with pytest.raises(FileNotFoundError, match="no usable checkpoint"):
+        resolve_ckpt_path(cfg)
+    assert resolve_ckpt_path(compose([f"paths.run_dir={tmp_path}"])) is None  # auto, nothing there
+    atomic_torch_save({"global_step": 5}, tmp_path / "checkpoints" / "a.ckpt", {"global_step": 5})
+    assert resolve_ckpt_path(compose([f"paths.run_dir={tmp_path}"])) == str(tmp_path / "checkpoints" / "a.ckpt")
+    assert resolve_ckpt_path(compose([f"paths.run_dir={tmp_path}", "resume=false"])) is None
+    with pytest.raises(ValueError, match="resume must be one of"):
+        resolve_ckpt_path(compose([f"paths.run_dir={tmp_path}", "resume=maybe"]))
