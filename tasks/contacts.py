@@ -105,10 +105,10 @@ def pair_head_scorer(module: ContactModule, tokenizer) -> Scorer:
 class ContactTask:
     """Arguments: see ``conf/task/contacts.yaml`` (the defaults live there only)."""
 
-    def __init__(self, *, size: str, data_dir: str | None, prep: dict, pretrain_corpus: str | None,
+    def __init__(self, *, size: str, data_dir: str | None, slice_dir: str, prep: dict, pretrain_corpus: str | None,
                  pretrain_identity: float, max_train_chains: int, max_test_chains: int | None, l1_C: float,
                  supervised: dict, plot_chains: int, mmseqs_threads: int | None, num_threads: int | None):
-        self.size, self.data_dir, self.prep = size, data_dir, dict(prep)
+        self.size, self.data_dir, self.slice_dir, self.prep = size, data_dir, slice_dir, dict(prep)
         self.pretrain_corpus = pretrain_corpus
         self.pretrain_identity, self.max_train_chains = pretrain_identity, max_train_chains
         self.max_test_chains, self.l1_C = max_test_chains, l1_C
@@ -123,7 +123,7 @@ class ContactTask:
         rand = run.random_backbone(net, alphabet)
         max_res = net.config.max_length - 2
         data_dir, test, groups, metrics = sd.test_chains(
-            run.run_dir, run.seed, max_res, data_dir=self.data_dir, prep=self.prep, pretrain_corpus=self.pretrain_corpus,
+            run.seed, max_res, data_dir=self.data_dir, slice_dir=self.slice_dir, prep=self.prep, pretrain_corpus=self.pretrain_corpus,
             pretrain_identity=self.pretrain_identity, max_test_chains=self.max_test_chains,
             mmseqs_threads=self.mmseqs_threads)
         sup = self.supervised

@@ -114,7 +114,8 @@ def predict(checkpoint: str, fasta: str, out: str, heads: list[str] | None = Non
             plot_contacts(out_dir / f"{name}.contacts.png", probs, rid)
         if ss:
             chain = Chain(rid, seq, np.asarray(ids), np.zeros((len(ids), 3), np.float32), "", "", None)
-            y3, y8 = predict_states(ss[0], backbone_features(net, tokenizer, chain)["embeddings"])
+            feats = backbone_features(net, tokenizer, chain, layers=ss[1].get("repr_layers", [-1]))["embeddings"]
+            y3, y8 = predict_states(ss[0], feats)
             ss_rows.append((rid, seq, states_to_string(y3, SS3), states_to_string(y8, DSSP8)))
         summary["predicted"] += 1
     if summary["read"] != summary["predicted"] + summary["rejected_invalid"]:

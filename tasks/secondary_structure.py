@@ -3,8 +3,8 @@
 Each method is a per-residue feature source and a ``WindowHead`` trained with Lightning on the
 training chains (both outputs, 3 and 8 states, in one head), all scored on the same test chains:
 
-- ``linear`` / ``conv``: last-layer embeddings of the backbone (frozen) with a linear probe / a small
-  convolutional head (``heads.linear`` / ``heads.conv``);
+- ``linear`` / ``conv``: embeddings of the backbone (frozen; ``repr_layers``, default every layer
+  concatenated) with a linear probe / a small convolutional head (``heads.linear`` / ``heads.conv``);
 - ``random_init_linear`` / ``random_init_conv``: the same over a random backbone of the same shape;
 - ``onehot_window``: one-hot residues in a window (``window_mlp``): the strong single-sequence baseline;
 - ``profile_window``: the sequence profiles shipped with the structure database in the same window
@@ -36,7 +36,7 @@ from tasks.structure_metrics import accuracies
 
 log = logging.getLogger(__name__)
 Features = Callable[[sd.Chain], np.ndarray]
-SINGLE_SEQUENCE_BASELINES = ("propensity", "onehot_window", "random_init_linear", "random_init_conv")
+SINGLE_SEQUENCE_BASELINES = ("propensity", "onehot_window")  # + random_init_<head> for every head
 
 
 def onehot(chain: sd.Chain) -> np.ndarray:
@@ -47,9 +47,9 @@ def profile(chain: sd.Chain) -> np.ndarray:
     return chain.profile
 
 
-def embeddings(net: MaskedLM, tokenizer) -> Features:
+def embeddings(net: MaskedLM, tokenizer, layers: list[int] | None) -> Features:
     def feats(chain: sd.Chain) -> np.ndarray:
-        return sd.backbone_features(net, tokenizer, chain)["embeddings"]
+        return sd.backbone_features(net, tokenizer, chain, layers=layers)["embeddings"]
 
     return feats
 
@@ -79,12 +79,14 @@ def states_to_string(y: np.ndarray, alphabet: str) -> str:
 class SecondaryStructureTask:
     """Arguments: see ``conf/task/secondary_structure.yaml`` (the defaults live there only)."""
 
-    def __init__(self, *, size: str, data_dir: str | None, prep: dict, pretrain_corpus: str | None,
+    def __init__(self, *, size: str, data_dir: str | None, slice_dir: str, prep: dict, pretrain_corpus: str | None,
                  pretrain_identity: float, max_train_chains: int | None, max_test_chains: int | None,
-                 heads: dict, window_mlp: dict, train: dict, mmseqs_threads: int | None, num_threads: int | None):
-        self.size, self.data_dir, self.prep = size, data_dir, dict(prep)
+                 repr_layers: list[int] | None, heads: dict, window_mlp: dict, train: dict,
+                 mmseqs_threads: int | None, num_threads: int | None):
+        self.size, self.data_dir, self.slice_dir, self.prep = size, data_dir, slice_dir, dict(prep)
         self.pretrain_corpus, self.pretrain_identity = pretrain_corpus, pretrain_identity
         self.max_train_chains, self.max_test_chains = max_train_chains, max_test_chains
+        self.repr_layers = None if repr_layers is None else list(repr_layers)
         self.heads = {k: dict(v) for k, v in heads.items()}
         self.window_mlp, self.train = dict(window_mlp), dict(train)
         self.mmseqs_threads, self.num_threads = mmseqs_threads, num_threads
@@ -97,15 +99,15 @@ class SecondaryStructureTask:
         rand = run.random_backbone(net, alphabet)
         max_res = net.config.max_length - 2
         data_dir, test, groups, metrics = sd.test_chains(
-            run.run_dir, run.seed, max_res, data_dir=self.data_dir, prep=self.prep, pretrain_corpus=self.pretrain_corpus,
+            run.seed, max_res, data_dir=self.data_dir, slice_dir=self.slice_dir, prep=self.prep, pretrain_corpus=self.pretrain_corpus,
             pretrain_identity=self.pretrain_identity, max_test_chains=self.max_test_chains,
             mmseqs_threads=self.mmseqs_threads)
         train = [c.crop(max_res) for c in sd.load_split(data_dir, "train", self.max_train_chains, run.seed)]
         metrics["data/train_chains"] = len(train)
         metrics["data/train_residues"] = int(sum(len(c) for c in train))
 
-        sources: dict[str, Features] = {"onehot": onehot, "embeddings": embeddings(net, alphabet),
-                                        "random_init_embeddings": embeddings(rand, alphabet)}
+        sources: dict[str, Features] = {"onehot": onehot, "embeddings": embeddings(net, alphabet, self.repr_layers),
+                                        "random_init_embeddings": embeddings(rand, alphabet, self.repr_layers)}
         if all(c.profile is not None for c in train + test):
             sources["profile"] = profile
         methods: dict[str, tuple[str, dict]] = {}
@@ -138,19 +140,20 @@ class SecondaryStructureTask:
                                 f"{group}/{m}/Q8": a8["per_residue"], f"{group}/{m}/Q8_per_chain": a8["per_chain"]})
         models = list(self.heads)
         best = max(models, key=lambda m: metrics[f"test/{m}/Q3"])
-        best_base = max(SINGLE_SEQUENCE_BASELINES, key=lambda m: metrics[f"test/{m}/Q3"])
+        single = [*SINGLE_SEQUENCE_BASELINES, *(f"random_init_{m}" for m in models)]
+        best_base = max(single, key=lambda m: metrics[f"test/{m}/Q3"])
         metrics["summary/best_model"], metrics["summary/best_single_sequence_baseline"] = best, best_base
         for group in groups:
             for q in ("Q3", "Q8"):
                 metrics[f"{group}/margin_best_model_vs_best_single_sequence/{q}"] = (
-                    metrics[f"{group}/{best}/{q}"] - max(metrics[f"{group}/{b}/{q}"] for b in SINGLE_SEQUENCE_BASELINES))
+                    metrics[f"{group}/{best}/{q}"] - max(metrics[f"{group}/{b}/{q}"] for b in single))
                 if "profile_window" in preds:
                     metrics[f"{group}/margin_best_model_vs_profile/{q}"] = (
                         metrics[f"{group}/{best}/{q}"] - metrics[f"{group}/profile_window/{q}"])
 
         export = save_pretrained(run.run_dir / "export", net, alphabet)
         save_head(export / "heads", "secondary_structure", trained[best], task="secondary_structure",
-                  features="embeddings", states=[SS3, DSSP8])
+                  features="embeddings", repr_layers=sd.resolve_layers(net, self.repr_layers), states=[SS3, DSSP8])
         self.plot(run, test, preds, list(preds))
         return metrics
 

@@ -154,13 +154,14 @@ def subsets(chains: list[Chain], pretrain_identity: float) -> dict[str, list[int
     }
 
 
-def test_chains(run_dir: Path, seed: int, max_residues: int, *, data_dir: str | None, prep: dict,
+def test_chains(seed: int, max_residues: int, *, data_dir: str | None, slice_dir: str, prep: dict,
                 pretrain_corpus: str | None, pretrain_identity: float, max_test_chains: int | None,
                 mmseqs_threads: int | None) -> tuple[Path, list[Chain], dict[str, list[int]], dict[str, Any]]:
     """What both structure tasks evaluate on: the data directory (``data_dir``, or the committed slice
-    prepared under ``run_dir/data`` with ``prep``), the test chains cropped to ``max_residues``, searched
-    against the pre-training corpus, the reporting subsets and their counts."""
-    data = Path(data_dir) if data_dir else prepare_slice(run_dir / "data", **prep)
+    prepared into ``slice_dir`` with ``prep``; resumable, so later runs reuse it), the test chains
+    cropped to ``max_residues``, searched against the pre-training corpus, the reporting subsets and
+    their counts."""
+    data = Path(data_dir) if data_dir else prepare_slice(slice_dir, **prep)
     test = [c.crop(max_residues) for c in load_split(data, "test", max_test_chains, seed)]
     corpus = pretrain_corpus or PRETRAIN_SLICE
     search_pretrain_corpus(test, corpus, threads=mmseqs_threads)
@@ -182,18 +183,30 @@ def subset_counts(chains: list[Chain], groups: dict[str, list[int]], pretrain_id
             **{f"data/{name}_chains": len(idx) for name, idx in groups.items()}}
 
 
+def resolve_layers(net: MaskedLM, layers: list[int] | None) -> list[int]:
+    """Representation layers: indices into 0..num_layers (negative from the end); None = all of them."""
+    n = net.config.num_layers
+    if layers is None:
+        return list(range(n + 1))
+    out = [k + n + 1 if k < 0 else k for k in layers]
+    if any(not 0 <= k <= n for k in out):
+        raise ValueError(f"representation layers {layers} out of range for a {n}-layer backbone (0..{n})")
+    return out
+
+
 @torch.no_grad()
 def backbone_features(net: MaskedLM, tokenizer: Tokenizer, chain: Chain, *, embeddings: bool = True,
-                      attention: bool = False) -> dict[str, np.ndarray]:
-    """One chain through the frozen backbone: ``embeddings`` (L, D) from the last layer, and/or
+                      attention: bool = False, layers: list[int] | None = (-1,)) -> dict[str, np.ndarray]:
+    """One chain through the frozen backbone: ``embeddings`` (L, D x layers) from ``layers``
+    (concatenated; default the last, None = every layer incl. 0, the token embeddings), and/or
     ``attention`` (L, L, layers*heads) symmetrised APC-corrected maps (ESM's contact features)."""
     net.eval()
     tokens = torch.as_tensor(tokenizer.add_special_tokens(chain.tokens))[None]
-    layer = net.config.num_layers
-    out = net(tokens, repr_layers=[layer] if embeddings else [], need_weights=attention)
+    reps = resolve_layers(net, None if layers is None else list(layers)) if embeddings else []
+    out = net(tokens, repr_layers=reps, need_weights=attention)
     res = {}
     if embeddings:
-        res["embeddings"] = out["representations"][layer][0, 1:-1].float().numpy()
+        res["embeddings"] = torch.cat([out["representations"][k][0, 1:-1] for k in reps], -1).float().numpy()
     if attention:
         mask = ContactHead.residue_mask(tokens, net.config.pad_id)
         res["attention"] = net.contact_head.features(out["attentions"], mask)[0].float().numpy()

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from tasks.structure_metrics import accuracies, contact_precisions, mean_precisions, separation_prior_scores
 
@@ -146,7 +147,8 @@ def test_secondary_structure_task_and_prediction(compose, structures, tmp_path):
     corpus = tmp_path / "corpus.fa"  # a small pre-training corpus keeps the MMseqs2 search short
     corpus.write_text(">p0\nMKTAYIAKQRQISFVKSHFSRQ\n")
     cfg = compose(_common(tmp_path / "run", structures, "secondary_structure",
-                          ["task.train.max_steps=30", "task.max_train_chains=40", f"task.pretrain_corpus={corpus}"]),
+                          ["task.train.max_steps=30", "task.max_train_chains=40", f"task.pretrain_corpus={corpus}",
+                           "~task.heads.conv", "task.window_mlp.hidden=32", "task.repr_layers=[-1]"]),
                   config_name="finetune")
     m = finetune(cfg)
     assert m["data/test_no_pretrain_hit_chains"] == 12
@@ -173,3 +175,33 @@ def test_secondary_structure_task_and_prediction(compose, structures, tmp_path):
     _, seq, ss3, ss8 = rows[1].split("\t")
     assert seq == test[0].sequence and len(ss3) == len(ss8) == len(seq) and set(ss3) <= set("HEC")
     assert (tmp_path / "pred" / f"{test[0].id}.contacts.png").is_file()
+
+
+def test_contact_module_freezes_or_finetunes_the_backbone(alphabet):
+    from fm_core.model import build_model
+    from tasks.structure_heads import ContactDataset, ContactModule, PairHead
+
+    rng = np.random.default_rng(0)
+    seq = rng.integers(4, 24, size=40)
+    contacts = rng.random((40, 40)) < 0.1
+    ds = ContactDataset([(alphabet.add_special_tokens(seq), contacts | contacts.T)], crop=40, pad_id=alphabet.pad_id,
+                        min_separation=6)
+    batch = ds.collate([ds[0]])
+    for finetune_backbone in (False, True):
+        torch.manual_seed(0)
+        net = build_model("tiny", alphabet)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        module = ContactModule(net, PairHead(net.config.embed_dim, proj=8, channels=8, dilations=[1]),
+                               finetune_backbone=finetune_backbone, lr=1e-2, backbone_lr=1e-2)
+        opt = module.configure_optimizers()
+        head_before = module.head.out.weight.detach().clone()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        opt.step()
+        changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+        assert not torch.equal(module.head.out.weight, head_before)
+        if finetune_backbone:
+            assert "encoder.layers.0.attn.qkv.weight" in changed
+            assert not any(k.startswith(("contact_head.", "lm_head.")) for k in changed)
+        else:
+            assert changed == []
