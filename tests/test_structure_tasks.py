@@ -137,7 +137,6 @@ def test_contacts_task_end_to_end(compose, structures, tmp_path, alphabet):
     assert np.allclose(probs, probs.T, atol=1e-6)
 
 
-@pytest.mark.slow  # ~70 s on 2 shared cores: over the fast-suite budget of this issue
 def test_secondary_structure_task_and_prediction(compose, structures, tmp_path):
     from fm_core.finetune import finetune
     from tasks.predict_structure import predict
