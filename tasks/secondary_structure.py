@@ -1,0 +1,195 @@
+"""``fm-finetune task=secondary_structure``: 3- and 8-state DSSP secondary structure per residue.
+
+Each method is a per-residue feature source and a ``WindowHead`` trained with Lightning on the
+training chains (both outputs, 3 and 8 states, in one head), all scored on the same test chains:
+
+- ``linear`` / ``conv``: embeddings of the backbone (frozen; ``repr_layers``, default every layer
+  concatenated) with a linear probe / a small convolutional head (``heads.linear`` / ``heads.conv``);
+- ``random_init_linear`` / ``random_init_conv``: the same over a random backbone of the same shape;
+- ``onehot_window``: one-hot residues in a window (``window_mlp``): the strong single-sequence baseline;
+- ``profile_window``: the sequence profiles shipped with the structure database in the same window
+  MLP (the classic profile baseline; absent when the data have no profiles, e.g. PDB files);
+- ``propensity``: each amino acid's most frequent state in the training chains.
+
+Metrics: ``<subset>/<method>/Q3``, ``.../Q8`` (per residue), ``.../Q3_per_chain``, ``.../Q8_per_chain``
+for the subsets of ``tasks.structure_data.subsets``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bio_fm.alphabet import ProteinAlphabet
+from bio_fm.structure import DSSP8, SS3
+from fm_core.checkpoint import save_pretrained
+from fm_core.finetune import FinetuneRun
+from fm_core.model import MaskedLM
+from tasks import structure_data as sd
+from tasks.structure_heads import ResidueDataset, ResidueModule, WindowHead, save_head
+from tasks.structure_metrics import accuracies
+
+log = logging.getLogger(__name__)
+Features = Callable[[sd.Chain], np.ndarray]
+SINGLE_SEQUENCE_BASELINES = ("propensity", "onehot_window")  # + random_init_<head> for every head
+
+
+def onehot(chain: sd.Chain) -> np.ndarray:
+    return np.eye(len(sd.AMINO), dtype=np.float32)[chain.aa_index]
+
+
+def profile(chain: sd.Chain) -> np.ndarray:
+    return chain.profile
+
+
+def embeddings(net: MaskedLM, tokenizer, layers: list[int] | None) -> Features:
+    def feats(chain: sd.Chain) -> np.ndarray:
+        return sd.backbone_features(net, tokenizer, chain, layers=layers)["embeddings"]
+
+    return feats
+
+
+def propensity_table(chains: list[sd.Chain]) -> tuple[np.ndarray, np.ndarray]:
+    """Most frequent 3- and 8-state label of each amino acid in ``chains`` (20,), (20,)."""
+    aa = np.concatenate([c.aa_index for c in chains])
+    t3 = np.zeros((len(sd.AMINO), len(SS3)), np.int64)
+    t8 = np.zeros((len(sd.AMINO), len(DSSP8)), np.int64)
+    np.add.at(t3, (aa, np.concatenate([c.y3 for c in chains])), 1)
+    np.add.at(t8, (aa, np.concatenate([c.y8 for c in chains])), 1)
+    return t3.argmax(1), t8.argmax(1)
+
+
+@torch.no_grad()
+def predict_states(head: WindowHead, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    head.eval()
+    x = torch.as_tensor(feats, dtype=torch.float32)[None]
+    o3, o8 = head(x, torch.ones(x.shape[:2], dtype=torch.bool))
+    return o3[0].argmax(-1).numpy(), o8[0].argmax(-1).numpy()
+
+
+def states_to_string(y: np.ndarray, alphabet: str) -> str:
+    return "".join(alphabet[i] for i in y)
+
+
+class SecondaryStructureTask:
+    """Arguments: see ``conf/task/secondary_structure.yaml`` (the defaults live there only)."""
+
+    def __init__(self, *, size: str, data_dir: str | None, slice_dir: str, prep: dict, pretrain_corpus: str | None,
+                 pretrain_identity: float, max_train_chains: int | None, max_test_chains: int | None,
+                 repr_layers: list[int] | None, heads: dict, window_mlp: dict, train: dict,
+                 mmseqs_threads: int | None, num_threads: int | None):
+        self.size, self.data_dir, self.slice_dir, self.prep = size, data_dir, slice_dir, dict(prep)
+        self.pretrain_corpus, self.pretrain_identity = pretrain_corpus, pretrain_identity
+        self.max_train_chains, self.max_test_chains = max_train_chains, max_test_chains
+        self.repr_layers = None if repr_layers is None else list(repr_layers)
+        self.heads = {k: dict(v) for k, v in heads.items()}
+        self.window_mlp, self.train = dict(window_mlp), dict(train)
+        self.mmseqs_threads, self.num_threads = mmseqs_threads, num_threads
+
+    def run(self, run: FinetuneRun) -> dict[str, Any]:
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        alphabet = ProteinAlphabet()
+        net = run.backbone(alphabet, self.size)
+        rand = run.random_backbone(net, alphabet)
+        max_res = net.config.max_length - 2
+        data_dir, test, groups, metrics = sd.test_chains(
+            run.seed, max_res, data_dir=self.data_dir, slice_dir=self.slice_dir, prep=self.prep, pretrain_corpus=self.pretrain_corpus,
+            pretrain_identity=self.pretrain_identity, max_test_chains=self.max_test_chains,
+            mmseqs_threads=self.mmseqs_threads)
+        train = [c.crop(max_res) for c in sd.load_split(data_dir, "train", self.max_train_chains, run.seed)]
+        metrics["data/train_chains"] = len(train)
+        metrics["data/train_residues"] = int(sum(len(c) for c in train))
+
+        sources: dict[str, Features] = {"onehot": onehot, "embeddings": embeddings(net, alphabet, self.repr_layers),
+                                        "random_init_embeddings": embeddings(rand, alphabet, self.repr_layers)}
+        if all(c.profile is not None for c in train + test):
+            sources["profile"] = profile
+        methods: dict[str, tuple[str, dict]] = {}
+        for head_name, spec in self.heads.items():
+            methods[head_name] = ("embeddings", spec)
+            methods[f"random_init_{head_name}"] = ("random_init_embeddings", spec)
+        methods["onehot_window"] = ("onehot", self.window_mlp)
+        if "profile" in sources:
+            methods["profile_window"] = ("profile", self.window_mlp)
+
+        preds: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        trained: dict[str, WindowHead] = {}
+        for source, fn in sources.items():
+            mine = {m: spec for m, (s, spec) in methods.items() if s == source}
+            if not mine:
+                continue
+            train_x = [fn(c) for c in tqdm(train, desc=f"{source} (train)", leave=False)]
+            test_x = [fn(c) for c in tqdm(test, desc=f"{source} (test)", leave=False)]
+            for m, spec in mine.items():
+                trained[m] = self.fit(run, train_x, train, spec, m)
+                preds[m] = [predict_states(trained[m], x) for x in test_x]
+        p3, p8 = propensity_table(train)
+        preds["propensity"] = [(p3[c.aa_index], p8[c.aa_index]) for c in test]
+
+        for group, idx in groups.items():
+            for m, rows in preds.items():
+                a3 = accuracies([rows[i][0] for i in idx], [test[i].y3 for i in idx], len(SS3))
+                a8 = accuracies([rows[i][1] for i in idx], [test[i].y8 for i in idx], len(DSSP8))
+                metrics.update({f"{group}/{m}/Q3": a3["per_residue"], f"{group}/{m}/Q3_per_chain": a3["per_chain"],
+                                f"{group}/{m}/Q8": a8["per_residue"], f"{group}/{m}/Q8_per_chain": a8["per_chain"]})
+        models = list(self.heads)
+        best = max(models, key=lambda m: metrics[f"test/{m}/Q3"])
+        single = [*SINGLE_SEQUENCE_BASELINES, *(f"random_init_{m}" for m in models)]
+        best_base = max(single, key=lambda m: metrics[f"test/{m}/Q3"])
+        metrics["summary/best_model"], metrics["summary/best_single_sequence_baseline"] = best, best_base
+        for group in groups:
+            for q in ("Q3", "Q8"):
+                metrics[f"{group}/margin_best_model_vs_best_single_sequence/{q}"] = (
+                    metrics[f"{group}/{best}/{q}"] - max(metrics[f"{group}/{b}/{q}"] for b in single))
+                if "profile_window" in preds:
+                    metrics[f"{group}/margin_best_model_vs_profile/{q}"] = (
+                        metrics[f"{group}/{best}/{q}"] - metrics[f"{group}/profile_window/{q}"])
+
+        export = save_pretrained(run.run_dir / "export", net, alphabet)
+        save_head(export / "heads", "secondary_structure", trained[best], task="secondary_structure",
+                  features="embeddings", repr_layers=sd.resolve_layers(net, self.repr_layers), states=[SS3, DSSP8])
+        self.plot(run, test, preds, list(preds))
+        return metrics
+
+    def fit(self, run: FinetuneRun, feats: list[np.ndarray], chains: list[sd.Chain], spec: dict,
+            name: str) -> WindowHead:
+        torch.manual_seed(run.seed)
+        head = WindowHead(feats[0].shape[1], out_dims=(len(SS3), len(DSSP8)), **spec)
+        head.set_standardisation(feats)
+        module = ResidueModule(head, name, lr=self.train["lr"], weight_decay=self.train["weight_decay"])
+        ds = ResidueDataset(feats, [(c.y3, c.y8) for c in chains])
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.train["batch_size"], shuffle=True,
+                                             collate_fn=ResidueDataset.collate,
+                                             generator=torch.Generator().manual_seed(run.seed))
+        trainer = run.trainer(max_steps=self.train["max_steps"], limit_val_batches=0, enable_checkpointing=False,
+                              enable_model_summary=False, val_check_interval=None, check_val_every_n_epoch=None)
+        trainer.fit(module, train_dataloaders=loader)
+        head.eval()
+        return head
+
+    def plot(self, run: FinetuneRun, test: list[sd.Chain], preds: dict, methods: list[str]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(1.3 * len(methods) + 2, 4))
+        data = [[float(np.mean(p[0] == c.y3)) for p, c in zip(preds[m], test, strict=True)] for m in methods]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("Q3 per test chain")
+        ax.set_title(f"secondary structure, {len(test)} test chains (means: triangles)", fontsize=9)
+        fig.tight_layout()
+        path = run.run_dir / "per_chain_q3.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        run.log_image("secondary_structure/per_chain_q3", path)
+
+
+__all__ = ["SecondaryStructureTask", "predict_states", "propensity_table", "states_to_string"]

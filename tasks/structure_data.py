@@ -1,0 +1,217 @@
+"""Chains of an ``fm-prep structures`` output for the structure tasks: labels, leakage subsets, and
+per-residue features from a backbone (embeddings, APC-corrected attention maps)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from bio_fm.structure import DSSP8, SS3, contact_atoms, contact_map
+from fm_core.model import ContactHead, MaskedLM
+from fm_core.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+SLICE = Path(str(files("bio_fm").joinpath("data/structure_slice/structure_db.dat.gz")))
+PRETRAIN_SLICE = Path(str(files("bio_fm").joinpath("data/uniprot_slice/train.fasta.gz")))
+AMINO = "ACDEFGHIKLMNPQRSTVWY"
+_LUT8 = np.full(256, -1, dtype=np.int64)
+_LUT8[np.frombuffer(DSSP8.encode(), np.uint8)] = np.arange(len(DSSP8))
+_LUT3 = np.full(256, -1, dtype=np.int64)
+_LUT3[np.frombuffer(SS3.encode(), np.uint8)] = np.arange(len(SS3))
+_LUTAA = np.full(256, -1, dtype=np.int64)
+_LUTAA[np.frombuffer(AMINO.encode(), np.uint8)] = np.arange(len(AMINO))
+
+
+@dataclass
+class Chain:
+    id: str
+    sequence: str
+    tokens: np.ndarray  # alphabet ids, no specials
+    atoms: np.ndarray  # (L, 3) contact atoms: CB, CA for glycine
+    ss8: str
+    ss3: str
+    profile: np.ndarray | None  # (L, 20) sequence profile (probabilities), or None
+    train_max_identity: float = 0.0
+    pretrain_max_identity: float = 0.0
+    cropped_from: int = 0  # original length when cropped, else 0
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def contacts(self, threshold: float = 8.0) -> np.ndarray:
+        return contact_map(self.atoms, threshold)
+
+    @property
+    def aa_index(self) -> np.ndarray:
+        return _LUTAA[np.frombuffer(self.sequence.encode(), np.uint8)]
+
+    @property
+    def y3(self) -> np.ndarray:
+        return _LUT3[np.frombuffer(self.ss3.encode(), np.uint8)]
+
+    @property
+    def y8(self) -> np.ndarray:
+        return _LUT8[np.frombuffer(self.ss8.encode(), np.uint8)]
+
+    def crop(self, n: int) -> Chain:
+        if len(self) <= n:
+            return self
+        return Chain(self.id, self.sequence[:n], self.tokens[:n], self.atoms[:n], self.ss8[:n], self.ss3[:n],
+                     None if self.profile is None else self.profile[:n], self.train_max_identity,
+                     self.pretrain_max_identity, cropped_from=len(self))
+
+
+def _lists(col: pa.ChunkedArray, width: int) -> list[np.ndarray]:
+    out = []
+    for chunk in col.chunks:
+        if len(chunk) == 0:
+            continue
+        off = chunk.offsets.to_numpy(zero_copy_only=False)
+        vals = chunk.values.to_numpy(zero_copy_only=False)
+        out += [vals[off[k] : off[k + 1]].reshape(-1, width) if width > 1 else vals[off[k] : off[k + 1]]
+                for k in range(len(chunk))]
+    return out
+
+
+def load_split(data_dir: str | Path, split: str, limit: int | None = None, seed: int = 0) -> list[Chain]:
+    """Chains of one split of an ``fm-prep structures`` output; ``limit`` draws that many at random
+    (seeded), in file order."""
+    from fm_core.shards import ShardDataset
+
+    ds = ShardDataset(Path(data_dir) / split)
+    chains: list[Chain] = []
+    keep = np.arange(len(ds))
+    if limit is not None and limit < len(ds):
+        keep = np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False))
+    start = 0
+    for table in ds._tables:
+        mine = keep[(keep >= start) & (keep < start + table.num_rows)] - start
+        start += table.num_rows
+        if not len(mine):
+            continue
+        t = table.take(pa.array(mine))
+        ca, cb = _lists(t.column("ca"), 3), _lists(t.column("cb"), 3)
+        tokens = _lists(t.column("tokens"), 1)
+        has_profile = "profile" in t.column_names and t.column("profile").null_count < t.num_rows
+        profiles = _lists(t.column("profile"), 20) if has_profile else [None] * t.num_rows
+        ident = t.column("train_max_identity").to_numpy() if "train_max_identity" in t.column_names \
+            else np.zeros(t.num_rows, np.float32)
+        for k, (cid, seq, s8, s3) in enumerate(zip(*(t.column(c).to_pylist() for c in ("id", "sequence", "ss8", "ss3")),
+                                                   strict=True)):
+            prof = None if profiles[k] is None else profiles[k].astype(np.float32) / 1e4
+            chains.append(Chain(cid, seq, tokens[k].astype(np.int64), contact_atoms(seq, ca[k], cb[k]), s8, s3, prof,
+                                float(ident[k])))
+    return chains
+
+
+def prepare_slice(out: str | Path, **overrides: Any) -> Path:
+    """``fm-prep structures`` on the committed 320-chain slice (about 20 s; resumable, so a second
+    call with the same arguments returns at once)."""
+    from data_prep.structures import StructurePrepConfig, prepare
+
+    out = Path(out)
+    prepare(StructurePrepConfig(input=str(SLICE), out=str(out), **overrides))
+    return out
+
+
+def search_pretrain_corpus(chains: list[Chain], corpus: str | Path, threads: int | None = 1) -> int:
+    """MMseqs2 search of ``chains`` against the pre-training corpus (FASTA, gzip allowed); sets each
+    chain's ``pretrain_max_identity`` and returns the number of chains with a hit."""
+    from data_prep import common
+
+    corpus = Path(corpus)
+    if not corpus.is_file():
+        raise FileNotFoundError(f"pre-training corpus {corpus} not found (task.pretrain_corpus)")
+    with tempfile.TemporaryDirectory(prefix="fm_pretrain_search_") as tmp:
+        query = Path(tmp) / "query.fa"
+        query.write_text("".join(f">{k}\n{c.sequence}\n" for k, c in enumerate(chains)))
+        hits = common.mmseqs_search(query, corpus, Path(tmp), threads=threads)
+    best = np.zeros(len(chains), dtype=np.float64)
+    for q, _, ident in hits:
+        best[int(q)] = max(best[int(q)], ident)
+    for c, b in zip(chains, best, strict=True):
+        c.pretrain_max_identity = float(b)
+    return int((best > 0).sum())
+
+
+def subsets(chains: list[Chain], pretrain_identity: float) -> dict[str, list[int]]:
+    """Chain indices of the reporting subsets: every test chain; those without any MMseqs2 hit in
+    train; those without a >= ``pretrain_identity`` hit in the pre-training corpus."""
+    return {
+        "test": list(range(len(chains))),
+        "test_no_train_hit": [k for k, c in enumerate(chains) if c.train_max_identity <= 0],
+        "test_no_pretrain_hit": [k for k, c in enumerate(chains) if c.pretrain_max_identity < pretrain_identity],
+    }
+
+
+def test_chains(seed: int, max_residues: int, *, data_dir: str | None, slice_dir: str, prep: dict,
+                pretrain_corpus: str | None, pretrain_identity: float, max_test_chains: int | None,
+                mmseqs_threads: int | None) -> tuple[Path, list[Chain], dict[str, list[int]], dict[str, Any]]:
+    """What both structure tasks evaluate on: the data directory (``data_dir``, or the committed slice
+    prepared into ``slice_dir`` with ``prep``; resumable, so later runs reuse it), the test chains
+    cropped to ``max_residues``, searched against the pre-training corpus, the reporting subsets and
+    their counts."""
+    data = Path(data_dir) if data_dir else prepare_slice(slice_dir, **prep)
+    test = [c.crop(max_residues) for c in load_split(data, "test", max_test_chains, seed)]
+    corpus = pretrain_corpus or PRETRAIN_SLICE
+    search_pretrain_corpus(test, corpus, threads=mmseqs_threads)
+    groups = subsets(test, pretrain_identity)
+    counts = {**subset_counts(test, groups, pretrain_identity), "data/dir": str(data),
+              "data/pretrain_corpus": str(corpus)}
+    return data, test, groups, counts
+
+
+def subset_counts(chains: list[Chain], groups: dict[str, list[int]], pretrain_identity: float) -> dict[str, int]:
+    return {"data/test_chains": len(chains),
+            "data/test_residues": int(sum(len(c) for c in chains)),
+            "data/test_cropped": int(sum(c.cropped_from > 0 for c in chains)),
+            "data/test_with_train_hit": int(sum(c.train_max_identity > 0 for c in chains)),
+            "data/test_with_train_hit_ge50": int(sum(c.train_max_identity >= 0.5 for c in chains)),
+            f"data/test_with_pretrain_hit_ge{round(100 * pretrain_identity)}":
+                len(chains) - len(groups["test_no_pretrain_hit"]),
+            "data/test_with_pretrain_hit": int(sum(c.pretrain_max_identity > 0 for c in chains)),
+            **{f"data/{name}_chains": len(idx) for name, idx in groups.items()}}
+
+
+def resolve_layers(net: MaskedLM, layers: list[int] | None) -> list[int]:
+    """Representation layers: indices into 0..num_layers (negative from the end); None = all of them."""
+    n = net.config.num_layers
+    if layers is None:
+        return list(range(n + 1))
+    out = [k + n + 1 if k < 0 else k for k in layers]
+    if any(not 0 <= k <= n for k in out):
+        raise ValueError(f"representation layers {layers} out of range for a {n}-layer backbone (0..{n})")
+    return out
+
+
+@torch.no_grad()
+def backbone_features(net: MaskedLM, tokenizer: Tokenizer, chain: Chain, *, embeddings: bool = True,
+                      attention: bool = False, layers: list[int] | None = (-1,)) -> dict[str, np.ndarray]:
+    """One chain through the frozen backbone: ``embeddings`` (L, D x layers) from ``layers``
+    (concatenated; default the last, None = every layer incl. 0, the token embeddings), and/or
+    ``attention`` (L, L, layers*heads) symmetrised APC-corrected maps (ESM's contact features)."""
+    net.eval()
+    tokens = torch.as_tensor(tokenizer.add_special_tokens(chain.tokens))[None]
+    reps = resolve_layers(net, None if layers is None else list(layers)) if embeddings else []
+    out = net(tokens, repr_layers=reps, need_weights=attention)
+    res = {}
+    if embeddings:
+        res["embeddings"] = torch.cat([out["representations"][k][0, 1:-1] for k in reps], -1).float().numpy()
+    if attention:
+        mask = ContactHead.residue_mask(tokens, net.config.pad_id)
+        res["attention"] = net.contact_head.features(out["attentions"], mask)[0].float().numpy()
+    return res
+
+
+__all__ = ["AMINO", "Chain", "PRETRAIN_SLICE", "SLICE", "backbone_features", "load_split", "prepare_slice",
+           "search_pretrain_corpus", "subset_counts", "subsets", "test_chains"]

@@ -1,0 +1,207 @@
+"""Structure heads: contact precision and Q3/Q8 against hand-computed values, the ESM contact
+regression, and fm-finetune task=contacts / secondary_structure + fm-predict-structure end to end
+on the committed structure slice."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.structure_metrics import accuracies, contact_precisions, mean_precisions, separation_prior_scores
+
+
+def test_contact_precision_hand_computed():
+    L = 30
+    true = np.zeros((L, L), dtype=bool)
+    for i, j in ((0, 24), (1, 25), (2, 26), (3, 29), (10, 16)):
+        true[i, j] = true[j, i] = True
+    scores = np.zeros((L, L))
+    # the six best-scored long-range pairs (|i-j| >= 24), three of them contacts
+    for s, (i, j) in zip((6, 5, 4, 3, 2, 1), ((0, 24), (0, 25), (1, 25), (0, 26), (1, 26), (2, 26)), strict=True):
+        scores[i, j] = s
+    scores[10, 16] = 9.0  # the best short-range pair is a contact
+    p = contact_precisions(scores, true)
+    # 21 long-range pairs in a chain of 30; L/5 = 6 -> 3 of 6 right
+    assert p["long_P@L5"] == pytest.approx(3 / 6)
+    # L/2 = 15: the six above, then the zero-scored pairs in row order (0,27) (0,28) ... (2,29): no contact
+    assert p["long_P@L2"] == pytest.approx(3 / 15)
+    # L = 30 > 21 pairs: all of them are taken, 4 contacts
+    assert p["long_P@L"] == pytest.approx(4 / 21)
+    # short range (6-11): (10,16) first, then 5 zero-scored pairs without contact
+    assert p["short_P@L5"] == pytest.approx(1 / 6)
+    assert p["medium_P@L5"] == 0.0
+    # the scores below the diagonal are never read
+    assert contact_precisions(np.triu(scores) + np.tril(np.full((L, L), 99.0), -1), true) == p
+    # mean over chains skips chains without pairs in a range (a 10-residue chain has no long range)
+    short = contact_precisions(np.zeros((10, 10)), np.zeros((10, 10), bool))
+    assert np.isnan(short["long_P@L5"])
+    assert mean_precisions([p, short])["long_P@L5"] == pytest.approx(0.5)
+    assert mean_precisions([p, short])["short_P@L5"] == pytest.approx((1 / 6 + 0) / 2)
+
+
+def test_separation_prior_ranks_nearest_first():
+    s = separation_prior_scores(40, seed=3)
+    true = np.zeros((40, 40), bool)
+    true[0, 24] = true[15, 39] = True  # separation 24: the prior's first long-range picks
+    p = contact_precisions(s, true)
+    # 16 pairs have separation 24; L/5 = 8 of them are picked at random: precision in {0, 1/8, 2/8}
+    assert p["long_P@L5"] in (0.0, 1 / 8, 2 / 8)
+    # top L = 40 long-range pairs are exactly all pairs of separation 24 (16) and 25 (15) and 9 of 26
+    assert p["long_P@L"] == pytest.approx(2 / 40)
+
+
+def test_q3_q8_hand_computed():
+    pred = [np.array([0, 0, 0, 1, 2]), np.array([2, 1, 2])]  # HHHEC, CEC
+    true = [np.array([0, 0, 2, 1, 2]), np.array([1, 1, 2])]  # HHCEC, EEC
+    acc = accuracies(pred, true, num_classes=3)
+    assert acc["per_residue"] == pytest.approx(6 / 8)
+    assert acc["per_chain"] == pytest.approx((4 / 5 + 2 / 3) / 2)
+
+
+def test_contact_regression_recovers_a_planted_signal(alphabet):
+    """The ESM recipe on attention features: when one head's APC map is the contact map, the L1
+    fit keeps that head and the backbone's contact head then ranks true contacts first."""
+    from tasks.contacts import pair_training_set
+
+    rng = np.random.default_rng(0)
+    L, C = 50, 6
+    contacts = rng.random((L, L)) < 0.05
+    contacts = contacts | contacts.T
+    feats = rng.normal(size=(L, L, C)).astype(np.float32)
+    feats[..., 2] += 3.0 * contacts
+    x, y = pair_training_set([feats], [contacts], 6)
+    assert len(y) == (L - 6) * (L - 5) // 2  # pairs i < j with j - i >= 6
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(l1_ratio=1.0, C=0.15, solver="liblinear").fit(x, y)
+    assert np.argmax(np.abs(lr.coef_[0])) == 2
+
+
+@pytest.fixture(scope="module")
+def structures(tmp_path_factory):
+    from tasks.structure_data import prepare_slice
+
+    return prepare_slice(tmp_path_factory.mktemp("structures"), cluster_steps=1, test_fraction=0.3,
+                         valid_fraction=0.05)
+
+
+def _common(tmp_path, structures, task, extra=()):
+    return [f"task={task}", "logger=csv", f"paths.run_dir={tmp_path}", f"task.data_dir={structures}",
+            "task.size=tiny", "task.max_test_chains=12", "trainer.enable_progress_bar=false", *extra]
+
+
+def test_contacts_task_end_to_end(compose, structures, tmp_path, alphabet):
+    from fm_core.checkpoint import load_pretrained
+    from fm_core.finetune import finetune
+    from tasks.predict_structure import predict
+    from tasks.structure_data import load_split
+
+    test = load_split(structures, "test", 12, seed=0)
+    # a pre-training corpus that holds three of the test chains: they must be found and excluded
+    corpus = tmp_path / "corpus.fa"
+    corpus.write_text("".join(f">p{k}\n{c.sequence}\n" for k, c in enumerate(test[:3])))
+    cfg = compose(_common(tmp_path / "run", structures, "contacts",
+                          [f"task.pretrain_corpus={corpus}", "task.supervised.train_chains=8",
+                           "task.supervised.max_steps=3", "task.supervised.crop=48", "task.plot_chains=1"]),
+                  config_name="finetune")
+    m = finetune(cfg)
+    assert m["data/test_chains"] == 12 and m["data/test_with_pretrain_hit_ge50"] == 3
+    assert m["data/test_no_pretrain_hit_chains"] == 9
+    assert m["data/test_no_train_hit_chains"] == sum(c.train_max_identity <= 0 for c in test)
+    # metrics of the separation prior, recomputed here from the coordinates, per subset
+    rows = [contact_precisions(separation_prior_scores(len(c), seed=0), c.contacts()) for c in test]
+    assert m["test/separation_prior/long_P@L5"] == pytest.approx(mean_precisions(rows)["long_P@L5"])
+    assert m["test_no_pretrain_hit/separation_prior/long_P@L5"] == pytest.approx(mean_precisions(rows[3:])["long_P@L5"])
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["test/esm_lr/long_P@L5"] == m["test/esm_lr/long_P@L5"]
+    assert (tmp_path / "run" / "contact_maps.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "per_chain_precision.png").stat().st_size > 10_000
+
+    # the export carries the fitted regression: fm-predict-structure reproduces the run's scores
+    net, tok = load_pretrained(tmp_path / "run" / "export")
+    assert net.contact_head.regression.weight.abs().sum() > 0
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(f">{test[0].id}\n{test[0].sequence}\n")
+    summary = predict(str(tmp_path / "run" / "export"), str(fasta), str(tmp_path / "pred"), heads=[], png=False)
+    assert summary["read"] == summary["predicted"] == 1 and summary["contacts"] == "supervised head"
+    probs = np.load(tmp_path / "pred" / f"{test[0].id}.contacts.npy")
+    from tasks.contacts import pair_head_scorer
+    from tasks.structure_heads import ContactModule, load_head
+
+    head, _ = load_head(tmp_path / "run" / "export" / "heads" / "contacts.json")
+    expected = pair_head_scorer(ContactModule(net, head), tok)(test[0])
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    assert np.allclose(probs, probs.T, atol=1e-6)
+
+
+def test_secondary_structure_task_and_prediction(compose, structures, tmp_path):
+    from fm_core.finetune import finetune
+    from tasks.predict_structure import predict
+    from tasks.secondary_structure import propensity_table
+    from tasks.structure_data import load_split
+
+    test = load_split(structures, "test", 12, seed=0)
+    corpus = tmp_path / "corpus.fa"  # a small pre-training corpus keeps the MMseqs2 search short
+    corpus.write_text(">p0\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    cfg = compose(_common(tmp_path / "run", structures, "secondary_structure",
+                          ["task.train.max_steps=30", "task.max_train_chains=40", f"task.pretrain_corpus={corpus}",
+                           "~task.heads.conv", "task.window_mlp.hidden=32", "task.repr_layers=[-1]"]),
+                  config_name="finetune")
+    m = finetune(cfg)
+    assert m["data/test_no_pretrain_hit_chains"] == 12
+    train = load_split(structures, "train", 40, seed=0)
+    p3, p8 = propensity_table(train)
+    # the propensity baseline, recomputed by hand
+    assert m["test/propensity/Q3"] == pytest.approx(
+        np.mean(np.concatenate([p3[c.aa_index] == c.y3 for c in test])))
+    assert m["test/propensity/Q8_per_chain"] == pytest.approx(np.mean([np.mean(p8[c.aa_index] == c.y8) for c in test]))
+    # trained heads beat the majority class on these chains (the profile MLP clearly)
+    majority = np.mean(np.concatenate([c.y3 == np.bincount(np.concatenate([t.y3 for t in train])).argmax()
+                                       for c in test]))
+    assert m["test/profile_window/Q3"] > majority + 0.1
+    assert (tmp_path / "run" / "per_chain_q3.png").stat().st_size > 10_000
+
+    fasta = tmp_path / "q.fa"
+    fasta.write_text("".join(f">{c.id}\n{c.sequence}\n" for c in test[:2]) + ">bad\nMKX1\n")
+    with pytest.raises(ValueError, match="bad"):
+        predict(str(tmp_path / "run" / "export"), str(fasta), str(tmp_path / "pred"), png=False)
+    s = predict(str(tmp_path / "run" / "export"), str(fasta), str(tmp_path / "pred"), on_invalid="skip", png=True)
+    assert (s["read"], s["predicted"], s["rejected_invalid"]) == (3, 2, 1)
+    rows = (tmp_path / "pred" / "secondary_structure.tsv").read_text().splitlines()
+    assert rows[0] == "id\tsequence\tss3\tss8" and len(rows) == 3
+    _, seq, ss3, ss8 = rows[1].split("\t")
+    assert seq == test[0].sequence and len(ss3) == len(ss8) == len(seq) and set(ss3) <= set("HEC")
+    assert (tmp_path / "pred" / f"{test[0].id}.contacts.png").is_file()
+
+
+def test_contact_module_freezes_or_finetunes_the_backbone(alphabet):
+    from fm_core.model import build_model
+    from tasks.structure_heads import ContactDataset, ContactModule, PairHead
+
+    rng = np.random.default_rng(0)
+    seq = rng.integers(4, 24, size=40)
+    contacts = rng.random((40, 40)) < 0.1
+    ds = ContactDataset([(alphabet.add_special_tokens(seq), contacts | contacts.T)], crop=40, pad_id=alphabet.pad_id,
+                        min_separation=6)
+    batch = ds.collate([ds[0]])
+    for finetune_backbone in (False, True):
+        torch.manual_seed(0)
+        net = build_model("tiny", alphabet)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        module = ContactModule(net, PairHead(net.config.embed_dim, proj=8, channels=8, dilations=[1]),
+                               finetune_backbone=finetune_backbone, lr=1e-2, backbone_lr=1e-2)
+        opt = module.configure_optimizers()
+        head_before = module.head.out.weight.detach().clone()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        opt.step()
+        changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+        assert not torch.equal(module.head.out.weight, head_before)
+        if finetune_backbone:
+            assert "encoder.layers.0.attn.qkv.weight" in changed
+            assert not any(k.startswith(("contact_head.", "lm_head.")) for k in changed)
+        else:
+            assert changed == []
