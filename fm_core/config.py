@@ -51,6 +51,9 @@ class EncoderConfig:
     rotary_base: float = 10000.0
     init_std: float = 0.02
     activation_checkpointing: bool = False
+    # causal self-attention (each token sees itself and earlier tokens): the same weights used as a
+    # left-to-right generator (code completion continues a masked LM's training with this set)
+    causal: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance, never shapes
 
     def __post_init__(self) -> None:
