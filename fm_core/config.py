@@ -53,6 +53,9 @@ class EncoderConfig:
     # runtime choices (no effect on the weights or the math):
     activation_checkpointing: bool = False  # recompute each layer in backward: memory ~ one layer's activations
     cpu_attention_fp32: bool = True  # under bf16 autocast on CPU, run attention in fp32 (faster there)
+    # causal self-attention (each token sees itself and earlier tokens): the same weights used as a
+    # left-to-right generator (code completion continues a masked LM's training with this set)
+    causal: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance, never shapes
 
     def __post_init__(self) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fm_core.masking import IGNORE, MaskingConfig, mask_tokens
+from fm_core.masking import IGNORE, MaskingConfig
 from fm_core.resume import resumable
 from fm_core.tokenizer import Tokenizer
 
@@ -179,7 +179,7 @@ class MLMCollator:
         self.max_regular = max_length - self.n_special
         if self.max_regular < 1:
             raise ValueError(f"max_length={max_length} leaves no room beside {self.n_special} special tokens")
-        self.masking = masking
+        self.masking = masking.for_tokenizer(tokenizer)  # a strategy (fm_core.masking), picked by _target_
         self.random_crop = random_crop
         self.packing = packing
         self.special = torch.as_tensor(tokenizer.special_ids, dtype=torch.long)
@@ -197,8 +197,8 @@ class MLMCollator:
         for s in samples:
             g = torch.Generator().manual_seed(int(s["seed"]))
             ids = torch.from_numpy(self.tok.add_special_tokens(self.crop(s["ids"], g)).astype(np.int64))
-            x, y = mask_tokens(ids, ~torch.isin(ids, self.special), mask_id=self.tok.mask_id,
-                               random_ids=self.random_ids, generator=g, cfg=self.masking)
+            x, y = self.masking(ids, ~torch.isin(ids, self.special), mask_id=self.tok.mask_id,
+                                random_ids=self.random_ids, generator=g)
             inputs.append(x)
             labels.append(y)
         index = torch.tensor([int(s["index"]) for s in samples])
@@ -235,13 +235,13 @@ class MLMDataModule(L.LightningDataModule):
 
     def __init__(self, tokenizer: Tokenizer, train: DatasetFactory, val: DatasetFactory, *,
                  max_length: int = 1024, max_tokens: int = 16384, max_batch_size: int | None = None,
-                 masking: dict | MaskingConfig | None = None, num_workers: int = 0, seed: int = 0,
-                 packing: bool = False):
+                 masking: Any = None, num_workers: int = 0, seed: int = 0, packing: bool = False):
         super().__init__()
         self.tokenizer = tokenizer
         self.train_factory, self.val_factory = train, val
         self.max_length, self.max_tokens, self.max_batch_size = max_length, max_tokens, max_batch_size
-        self.masking = masking if isinstance(masking, MaskingConfig) else MaskingConfig(**(masking or {}))
+        # a strategy object (Hydra-instantiated from a ``_target_``) or a plain dict of MaskingConfig fields
+        self.masking = masking if callable(masking) else MaskingConfig(**(masking or {}))
         self.num_workers, self.seed = num_workers, seed
         self.packing = packing
         self.train_set: SequenceDataset | None = None

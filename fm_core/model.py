@@ -102,6 +102,14 @@ def unpack(x: Tensor, lengths: Tensor | list[int]) -> list[Tensor]:
     return list(x[0].split([int(n) for n in lengths]))
 
 
+def causal_mask(length: int, device: torch.device, key_padding_mask: Tensor | None = None) -> Tensor:
+    """(B or 1, 1, L, L) True where query i may attend key j: j <= i and j not padding, or j == i."""
+    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+    if key_padding_mask is not None:
+        allowed = allowed & ~key_padding_mask[:, None, None, :]
+    return allowed | torch.eye(length, dtype=torch.bool, device=device)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -110,6 +118,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.embed_dim, 3 * cfg.embed_dim)
         self.out_proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rotary_base)
+        self.causal = cfg.causal
 
     def forward(
         self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False,
@@ -128,17 +137,27 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
         q, k = self.rotary(q, k)
         weights = None
+        if self.causal and (need_weights or key_padding_mask is not None):
+            # causal and padding together (left padding in batched generation, packed rows): an
+            # explicit mask; a position always sees itself, so rows of padding never turn into NaN
+            allowed = causal_mask(q.shape[2], x.device, key_padding_mask)  # (B or 1, 1, L, L)
+            key_padding_mask = None
+        else:
+            allowed = None
         if need_weights:
             # explicit path: the attention maps are needed (contact prediction, analysis)
             scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # (B, H, L, L)
             if key_padding_mask is not None:
                 scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
             weights = scores.float().softmax(dim=-1)  # (B, H, L, L)
             out = weights.type_as(v) @ v  # (B, H, L, Dh)
         else:
-            attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+            attn_mask = allowed if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
             with torch.autocast("cpu", enabled=False) if fp32_attention else contextlib.nullcontext():
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, L, Dh)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                     is_causal=self.causal and attn_mask is None)  # (B, H, L, Dh)
         if packing is not None:
             out = packing.unpad(out.transpose(1, 2)).reshape(B, L, D)  # back to the packed row (1, N, D)
         else:

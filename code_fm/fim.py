@@ -1,0 +1,81 @@
+"""Fill-in-the-middle (FIM) training data for the causal code model.
+
+Bavarian et al. 2022 ("Efficient Training of Language Models to Fill in the Middle"), as used by
+SantaCoder and StarCoder: a training window is, with probability ``fim_rate``, cut at two random
+*character* positions into prefix / middle / suffix, each piece tokenized on its own (so the
+model sees the token boundaries it will see at inference, where the cursor splits the text), and
+laid out as
+
+- PSM: ``<fim_prefix> P <fim_suffix> S <fim_middle> M <eos>``
+- SPM (StarCoder's variant): ``<fim_prefix> <fim_suffix> S <fim_middle> P M <eos>``
+
+otherwise as plain left-to-right text ``<cls> text``. The loss is next-token prediction on every
+position. Randomness comes from each sample's seed (``fm_core.data``'s convention).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from fm_core.masking import IGNORE
+from fm_core.shard_data import ShardDataModule
+
+
+def fim_layout(tok: Any, prefix: list[int] | np.ndarray, middle: list[int] | np.ndarray,
+               suffix: list[int] | np.ndarray, spm: bool) -> list[int]:
+    """The FIM sequence for training (``middle`` then ``<eos>``) or, with ``middle=[]`` and no
+    eos appended by the caller, the prompt at inference."""
+    p, m, s = (list(map(int, x)) for x in (prefix, middle, suffix))
+    if spm:
+        return [tok.fim_prefix_id, tok.fim_suffix_id, *s, tok.fim_middle_id, *p, *m]
+    return [tok.fim_prefix_id, *p, tok.fim_suffix_id, *s, tok.fim_middle_id, *m]
+
+
+class FIMCollator:
+    """Token windows -> left-to-right or FIM sequences with next-token labels, right-padded."""
+
+    def __init__(self, tokenizer: Any, max_length: int, fim_rate: float = 0.5, spm_rate: float = 0.5):
+        if not (0 <= fim_rate <= 1 and 0 <= spm_rate <= 1):
+            raise ValueError(f"fim_rate and spm_rate must lie in [0, 1], got {fim_rate}, {spm_rate}")
+        self.tok, self.max_length, self.fim_rate, self.spm_rate = tokenizer, max_length, fim_rate, spm_rate
+
+    def sequence(self, ids: np.ndarray, g: torch.Generator) -> list[int]:
+        room = self.max_length - 4  # three sentinels + eos, or <cls>
+        if len(ids) > room:
+            start = int(torch.randint(len(ids) - room + 1, (1,), generator=g))
+            ids = ids[start : start + room]
+        if float(torch.rand((), generator=g)) >= self.fim_rate:
+            return [self.tok.bos_id, *map(int, ids)]
+        text = self.tok.decode(ids)
+        a, b = sorted(int(x) for x in torch.randint(len(text) + 1, (2,), generator=g))
+        p, m, s = (self.tok.encode(t) for t in (text[:a], text[a:b], text[b:]))
+        spm = float(torch.rand((), generator=g)) < self.spm_rate
+        return fim_layout(self.tok, p, m, s, spm)[: self.max_length - 1] + [self.tok.eos_id]
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        seqs = [self.sequence(s["ids"], torch.Generator().manual_seed(int(s["seed"]))) for s in samples]
+        width = max(len(x) for x in seqs)
+        inputs = torch.full((len(seqs), width), self.tok.pad_id, dtype=torch.long)
+        labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+        for row, x in enumerate(seqs):
+            t = torch.as_tensor(x, dtype=torch.long)
+            inputs[row, : len(t)] = t
+            labels[row, : len(t) - 1] = t[1:]  # position i predicts token i + 1
+        return {"input_ids": inputs, "labels": labels, "index": torch.tensor([int(s["index"]) for s in samples])}
+
+
+class FIMDataModule(ShardDataModule):
+    """``ShardDataModule`` (an ``fm-prep code`` directory) with FIM / left-to-right collation."""
+
+    def __init__(self, tokenizer: Any, dir: str, *, fim_rate: float = 0.5, spm_rate: float = 0.5, **kwargs: Any):
+        super().__init__(tokenizer, dir, **kwargs)
+        self.fim_rate, self.spm_rate = fim_rate, spm_rate
+
+    def _loader(self, ds, *, train: bool) -> DataLoader:
+        collate = FIMCollator(self.tokenizer, self.max_length, self.fim_rate, self.spm_rate)
+        return DataLoader(ds, batch_sampler=self.batch_sampler(ds, shuffle=train), collate_fn=collate,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)

@@ -1,0 +1,112 @@
+"""``fm-finetune task=code_completion``: adapt a pre-trained code masked LM into a completion model.
+
+Design: the encoder's weights are re-used as a left-to-right generator. Attention becomes causal
+(``EncoderConfig.causal``, one flag of the shared encoder, no new model class) and training
+continues with next-token prediction on fill-in-the-middle formatted windows (``code_fm.fim``:
+half PSM/SPM with ``<fim_prefix>/<fim_suffix>/<fim_middle>``, half plain left-to-right), so one
+model serves both "complete at the end" and "complete between prefix and suffix". The tied LM
+head is the masked LM's own head: every pre-trained weight carries over.
+
+Baselines in the same run, on the same held-out files (the ``test`` split of ``fm-prep code``,
+whole packages never seen in pre-training): the same architecture from random initialisation
+fine-tuned with the identical budget, a token n-gram model (stupid backoff) counted on the
+train split, and the copy-line heuristic. The adapted model is exported to ``<run_dir>/export``
+for ``fm-complete``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from code_fm import evaluate as ev
+from code_fm.complete import Completer
+from code_fm.fim import FIMDataModule
+from code_fm.ngram import NgramLM
+from fm_core.causal_lm import CausalLMModule, NeuralLM
+from fm_core.checkpoint import save_pretrained
+from fm_core.finetune import FinetuneRun
+from fm_core.schedules import warmup_decay
+from fm_core.shards import ShardDataset, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class CodeCompletionTask:
+    def __init__(self, data_dir: str, size: str = "mini", max_length: int = 256, max_tokens: int = 2048,
+                 steps: int = 100, lr: float = 1e-3, warmup_steps: int = 20, weight_decay: float = 0.01,
+                 fim_rate: float = 0.5, spm_rate: float = 0.5, eval_split: str = "test", line_prompts: int = 1000,
+                 fim_prompts: int = 200, functions: int = 60, ngram_order: int = 4, batch_size: int = 32,
+                 random_init_baseline: bool = True, threads: int = 1):
+        self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+
+    def adapt(self, run: FinetuneRun, net: torch.nn.Module, tok: Any, name: str) -> dict[str, float]:
+        """Continue training ``net`` (causal) on FIM-formatted windows of the train split."""
+        dm = FIMDataModule(tok, self.data_dir, fim_rate=self.fim_rate, spm_rate=self.spm_rate,
+                           max_length=self.max_length, max_tokens=self.max_tokens, seed=run.seed)
+        module = CausalLMModule(
+            net, functools.partial(torch.optim.AdamW, lr=self.lr, betas=(0.9, 0.98), weight_decay=self.weight_decay),
+            functools.partial(warmup_decay, warmup_steps=self.warmup_steps, total_steps=self.steps),
+            log_prefix=f"{name}/")
+        trainer = run.trainer(max_steps=self.steps, val_check_interval=None, check_val_every_n_epoch=None,
+                              enable_checkpointing=False, limit_val_batches=1.0)
+        trainer.fit(module, datamodule=dm)
+        (val,) = trainer.validate(module, datamodule=dm, verbose=False)
+        return {f"{name}/fim_val_loss": float(val[f"{name}/val/loss"])}
+
+    def run(self, run: FinetuneRun) -> dict[str, Any]:
+        torch.set_num_threads(self.threads)
+        tok = load_tokenizer(self.data_dir)
+        if not hasattr(tok, "fim_middle_id"):
+            raise ValueError(f"{self.data_dir}: tokenizer {tok.to_dict().get('kind')} has no FIM sentinels")
+        net = run.backbone(tok, self.size if run.init_from is None else None, causal=True, max_length=self.max_length)
+        systems: dict[str, torch.nn.Module] = {}
+        metrics: dict[str, Any] = {"data/eval_split": self.eval_split}
+        name = "model" if run.init_from else "random_init"
+        if self.random_init_baseline and run.init_from:
+            systems["random_init"] = run.random_backbone(net, tok)
+        systems = {name: net, **systems}
+        for key, model in systems.items():
+            metrics.update(self.adapt(run, model, tok, key))
+        export = save_pretrained(Path(run.run_dir) / "export", net.eval(), tok,
+                                 metadata={"task": "code_completion", "init_from": run.init_from or "random"})
+        metrics["export"] = str(export)
+
+        # held-out files and the baselines fitted on the train split
+        test = ShardDataset(Path(self.data_dir) / self.eval_split)
+        texts = [tok.decode(test.array(i)) for i in range(len(test))]
+        lines = ev.line_cases(texts, self.line_prompts, run.seed)
+        fims = ev.line_cases(texts, self.fim_prompts, run.seed + 1)
+        funcs = ev.function_cases(texts, self.functions, run.seed + 2)
+        metrics.update({"data/eval_files": len(texts), "data/line_prompts": len(lines),
+                        "data/fim_prompts": len(fims), "data/functions": len(funcs)})
+        train = ShardDataset(Path(self.data_dir) / "train")
+        ngram = NgramLM(tok.vocab_size, self.ngram_order).fit((train.array(i) for i in range(len(train))), tok.bos_id)
+        results: dict[str, dict[str, float]] = {"copy_line": ev.evaluate_copy_line(lines, fims)}
+        completers = {key: Completer(NeuralLM(model), tok, self.max_length) for key, model in systems.items()}
+        completers[f"ngram{self.ngram_order}"] = Completer(ngram, tok, self.max_length)
+        for key, completer in completers.items():
+            with tqdm(total=len(lines) + len(fims) + len(funcs), desc=f"evaluate {key}", unit=" prompt") as bar:
+                results[key] = ev.evaluate_system(completer, lines, fims, funcs, batch_size=self.batch_size,
+                                                  progress=bar.update)
+        for key, res in results.items():
+            metrics.update({f"{metric}/{key}": value for metric, value in res.items()})
+        if run.init_from:
+            for metric in ("line/exact_match", "line/edit_sim", "fim/exact_match", "syntax/parse_rate"):
+                others = [res[metric] for key, res in results.items() if key != "model" and metric in res]
+                metrics[f"beats_baselines/{metric}"] = bool(results["model"][metric] > max(others))
+        print(table(results))
+        return metrics
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    cols = ["line/exact_match", "line/edit_sim", "fim/exact_match", "syntax/parse_rate"]
+    rows = [f"{'system':<14}" + "".join(f"{c:>20}" for c in cols)]
+    for key, res in results.items():
+        rows.append(f"{key:<14}" + "".join(f"{res[c]:>20.2f}" if c in res else f"{'-':>20}" for c in cols))
+    return "\n".join(rows)

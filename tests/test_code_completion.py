@@ -1,0 +1,301 @@
+"""Code foundation model and completion: causal attention, span masking, FIM data, decoding,
+baselines, metrics, fm-complete's bad-input handling, and fm-finetune task=code_completion."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from code_fm import evaluate as ev
+from code_fm.complete import Completer, CompletionError, block_end, decode_source, main
+from code_fm.fim import FIMCollator
+from code_fm.ngram import NgramLM
+from fm_core.causal_lm import NeuralLM, generate, top_p_filter
+from fm_core.checkpoint import save_pretrained
+from fm_core.config import EncoderConfig
+from fm_core.masking import IGNORE, MaskingConfig, SpanMasking, mask_tokens
+from fm_core.model import MaskedLM
+
+CODE = '''import os
+
+
+class Greeter:
+    def __init__(self, name):
+        self.name = name
+
+    def greet(self, other):
+        return "hello " + other + " from " + self.name
+
+    def shout(self, other):
+        return self.greet(other).upper()
+'''
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from code_fm.bpe import train_bpe
+
+    return train_bpe([CODE * 3, "def add(a, b):\n    return a + b\n" * 5], vocab_size=400, min_frequency=1)
+
+
+def causal_net(vocab: int = 50, seed: int = 0) -> MaskedLM:
+    torch.manual_seed(seed)
+    return MaskedLM(EncoderConfig.from_name("tiny", vocab_size=vocab, pad_id=0, mask_id=4, causal=True)).eval()
+
+
+def test_causal_attention_ignores_the_future_and_left_padding():
+    net = causal_net()
+    a = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    b = torch.tensor([[5, 6, 7, 30, 31, 32]])
+    with torch.no_grad():
+        la, lb = net(a)["logits"], net(b)["logits"]
+        padded = net(torch.tensor([[0, 0, 5, 6, 7, 8, 9, 10]]))["logits"][:, 2:]
+        weights = net(a, need_weights=True)
+    assert torch.equal(la[:, :3], lb[:, :3]) and not torch.allclose(la[:, 3:], lb[:, 3:])
+    torch.testing.assert_close(padded, la, rtol=1e-5, atol=1e-5)  # rotary is relative: padding is invisible
+    torch.testing.assert_close(weights["logits"], la, rtol=1e-5, atol=1e-5)  # explicit path agrees with SDPA
+    assert float(weights["attentions"][0, :, :, 0, 1:].abs().max()) == 0.0  # token 0 sees only itself
+    # the flag off: the same weights are bidirectional
+    bidir = MaskedLM(EncoderConfig.from_dict({**net.config.to_dict(), "causal": False}))
+    bidir.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(bidir.eval()(a)["logits"][:, :3], bidir(b)["logits"][:, :3])
+
+
+def test_kv_cache_decoding_matches_full_forward():
+    net = causal_net()
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13, 14]]
+    res = generate(NeuralLM(net), prompts, max_new_tokens=6)
+    for p, got in zip(prompts, res.ids, strict=True):
+        seq = list(p)
+        for _ in range(6):
+            with torch.no_grad():
+                seq.append(int(net(torch.tensor([seq]))["logits"][0, -1].argmax()))
+        assert got == seq[len(p):]
+
+
+def test_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(top_p_filter(logits, 0.7))[0].tolist()
+    assert kept == [True, True, False, False]
+    assert torch.isfinite(top_p_filter(logits, 1.0)).all()
+
+
+def test_span_masking_covers_whole_identifiers(bpe):
+    strategy = SpanMasking(mask_prob=0.3, mean_span=2, whole_words=True).for_tokenizer(bpe)
+    ids = torch.as_tensor(bpe.encode(CODE * 2).astype(np.int64))
+    maskable = torch.ones(len(ids), dtype=torch.bool)
+    words = strategy.word_ids(ids)
+    # an identifier split by the BPE is one word: "__init__" or "greet" never straddles two
+    text = [bpe.decode([int(t)]) for t in ids]
+    for w in torch.unique(words)[:200]:
+        piece = "".join(text[i] for i in torch.nonzero(words == w).flatten().tolist())
+        assert piece.strip() == "" or not any(c.isspace() for c in piece.strip())
+    picked = []
+    for seed in range(5):
+        x, y = strategy(ids, maskable, mask_id=bpe.mask_id, random_ids=torch.as_tensor(bpe.random_ids),
+                        generator=torch.Generator().manual_seed(seed))
+        sel = y != IGNORE
+        for w in torch.unique(words[sel]):  # all or nothing per word
+            assert bool(sel[words == w].all())
+        assert torch.equal(y[sel], ids[sel])
+        picked.append(float(sel.float().mean()))
+    assert 0.3 <= np.mean(picked) <= 0.45  # the budget, overshooting by at most a span
+    again = strategy(ids, maskable, mask_id=bpe.mask_id, random_ids=torch.as_tensor(bpe.random_ids),
+                     generator=torch.Generator().manual_seed(4))
+    assert torch.equal(again[1], y)
+    # spans are contiguous: far fewer runs than selected tokens
+    runs = int((sel[1:] & ~sel[:-1]).sum())
+    assert runs < 0.6 * int(sel.sum())
+
+
+def test_token_masking_strategy_is_the_bert_rule():
+    tokens = torch.arange(10, 60)
+    maskable = torch.ones(50, dtype=torch.bool)
+    kw = dict(mask_id=4, random_ids=torch.arange(5, 60))
+    a = MaskingConfig()(tokens, maskable, generator=torch.Generator().manual_seed(3), **kw)
+    b = mask_tokens(tokens, maskable, generator=torch.Generator().manual_seed(3), **kw)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_fim_layout_round_trips_the_window(bpe):
+    collate = FIMCollator(bpe, max_length=256, fim_rate=1.0, spm_rate=0.5)
+    ids = bpe.encode(CODE)
+    layouts = set()
+    for seed in range(12):
+        seq = collate.sequence(ids, torch.Generator().manual_seed(seed))
+        assert seq[0] == bpe.fim_prefix_id and seq[-1] == bpe.eos_id
+        i_suf, i_mid = seq.index(bpe.fim_suffix_id), seq.index(bpe.fim_middle_id)
+        if i_suf == 1:  # SPM: <pre><suf> S <mid> P M
+            layouts.add("spm")
+            s, pm = bpe.decode(seq[2:i_mid]), bpe.decode(seq[i_mid + 1 : -1])
+            assert pm + s == CODE
+        else:  # PSM: <pre> P <suf> S <mid> M
+            layouts.add("psm")
+            p, s, m = bpe.decode(seq[1:i_suf]), bpe.decode(seq[i_suf + 1 : i_mid]), bpe.decode(seq[i_mid + 1 : -1])
+            assert p + m + s == CODE
+    assert layouts == {"psm", "spm"}
+    batch = FIMCollator(bpe, 256, fim_rate=0.0)([{"ids": ids, "seed": 1, "index": 0}])
+    x, y = batch["input_ids"][0], batch["labels"][0]
+    assert x[0] == bpe.bos_id and torch.equal(y[:-1], x[1:]) and y[-1] == IGNORE
+
+
+def test_ngram_counts_and_backoff():
+    lm = NgramLM(vocab_size=16, order=3, backoff=0.4).fit([np.array([5, 6, 7, 5, 6, 8])], boundary=2)
+    s = lm.scores([5, 6])
+    assert s[7] == pytest.approx(0.5) and s[8] == pytest.approx(0.5)  # count(5 6 x) / count(5 6)
+    s = lm.scores([9, 6])  # unseen trigram context: bigram "6 x", one order down
+    assert s[7] == pytest.approx(0.4 * 0.5)
+    assert s[5] == pytest.approx(0.4 * 0.4 * lm.unigram[5])
+    with pytest.raises(ValueError, match="int64"):
+        NgramLM(vocab_size=8192, order=5)
+
+
+def test_copy_line_metrics_and_block_end():
+    prefix = "a = f(1)\nb = g(a)\nx = 3\na = f(2)\n"
+    assert ev.copy_line(prefix) == "b = g(a)"  # follows the line most like "a = f(2)"
+    assert ev.copy_line("only\n") == ""
+    scores = ev.line_scores(["  return x", "foo"], ["return x", "bar"])
+    assert scores == {"exact_match": 50.0, "edit_sim": 50.0}
+    assert ev.parses("def f(x):", "    y = x\n    return y") and not ev.parses("def f(x):", "    return (")
+    assert block_end("def f(x):", "\n    y = 1\n    return y\nz = 2\n") == len("\n    y = 1\n    return y")
+    assert block_end("    ", "if a:\n        b\n    c\n") == len("if a:\n        b")  # the block the line opens
+    assert block_end("    ", "x = 1\n    y = 2\nz\n") == len("x = 1\n    y = 2")
+    assert block_end("def f(x):", "\n    y = 1\n    ret") is None
+
+
+def test_line_and_function_cases_are_golden():
+    texts = [CODE]
+    cases = ev.line_cases(texts, 100, seed=0)
+    assert len(cases) == 7  # every non-blank line but the first
+    for c in cases:
+        assert c.prefix + c.target + c.suffix == CODE and c.prefix.endswith("\n")
+    funcs = ev.function_cases(texts, 10, seed=0)
+    assert [f.header.strip() for f in funcs] == []  # every method here has a one-line body
+    more = CODE + "\n    def two(self):\n        a = 1\n        return a\n"
+    (f,) = ev.function_cases([more], 10, seed=0)
+    assert f.header.strip() == "def two(self):" and more[: len(f.prefix)].endswith("def two(self):")
+
+
+class Scripted:
+    """A NextTokenModel that emits a fixed token sequence (for stop/healing tests)."""
+
+    def __init__(self, vocab: int, script: list[int]):
+        self.vocab_size, self.script, self.t, self.seen = vocab, script, 0, []
+
+    def _next(self) -> torch.Tensor:
+        out = torch.full((1, self.vocab_size), -10.0)
+        out[0, self.script[min(self.t, len(self.script) - 1)]] = 10.0
+        self.t += 1
+        return out
+
+    def start(self, prompts):
+        self.seen = prompts
+        self.t = 0
+        return self._next()
+
+    def step(self, tokens):
+        return self._next()
+
+
+def test_completer_heals_the_last_token_and_stops_at_line_end(bpe):
+    target = "        return a\n    x"
+    script = list(map(int, bpe.encode("\n" + target)))
+    comp = Completer(Scripted(bpe.vocab_size, script), bpe, context=64)
+    prompt = comp.prompt("def f(a):\n")
+    assert prompt.healed == "\n" and prompt.ids[0] == bpe.bos_id
+    (c,) = comp.complete([prompt], mode="line")
+    assert c.text == "        return a" and c.stopped == "stop"
+    long = comp.prompt("x = 1\n" * 200)
+    assert long.truncated_from > 64 and len(long.ids) == 64
+    fim = comp.prompt("def f(a):\n", "\n    return a\n")
+    assert fim.ids[0] == bpe.fim_prefix_id and fim.ids[-1] == bpe.fim_middle_id
+    with pytest.raises(CompletionError, match="empty prompt"):
+        comp.prompt("  \n")
+
+
+def test_bad_sources_are_refused():
+    with pytest.raises(CompletionError, match="binary"):
+        decode_source(b"x = 1\0\0", "file a.py")
+    with pytest.raises(CompletionError, match="not UTF-8.*offset 4"):
+        decode_source(b"x = \xe9\n", "file a.py")
+
+
+def test_fm_complete_cli_errors_and_completion(bpe, tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    net = MaskedLM(EncoderConfig.from_name("tiny", vocab_size=bpe.vocab_size, pad_id=bpe.pad_id,
+                                           mask_id=bpe.mask_id, causal=True, max_length=64))
+    good = save_pretrained(tmp_path / "good", net, bpe)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"def add(a, b):\n    return\n")))
+    assert main(["--checkpoint", str(good), "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr()
+    assert out.out.endswith("\n") and "fm-complete:" not in out.err
+    # a masked LM (not adapted), an unknown tokenizer, a binary file, an empty prompt
+    mlm = save_pretrained(tmp_path / "mlm", MaskedLM(EncoderConfig.from_dict({**net.config.to_dict(), "causal": False})), bpe)
+    bad = save_pretrained(tmp_path / "bad", net, bpe)
+    spec = json.loads((bad / "config.json").read_text())
+    spec["tokenizer"]["kind"] = "no_such_tokenizer"
+    (bad / "config.json").write_text(json.dumps(spec))
+    (tmp_path / "blob.py").write_bytes(b"\0\1\2")
+    (tmp_path / "empty.py").write_text("")
+    for args, message in ((["--checkpoint", str(good), "--file", str(tmp_path / "empty.py")], "empty prompt"),
+                          (["--checkpoint", str(mlm), "--file", str(good / "config.json")], "masked LM"),
+                          (["--checkpoint", str(bad), "--file", str(good / "config.json")], "no_such_tokenizer"),
+                          (["--checkpoint", str(good), "--file", str(tmp_path / "blob.py")], "binary"),
+                          (["--checkpoint", str(tmp_path / "nope"), "--file", str(good / "config.json")], "no such")):
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_code_quick_experiment_selects_whole_identifier_span_masking(compose):
+    from hydra.utils import instantiate
+
+    cfg = compose(["experiment=code_quick"])
+    strategy = instantiate(cfg.data.masking)
+    assert isinstance(strategy, SpanMasking) and strategy.whole_words and strategy.mask_prob == 0.15
+    assert cfg.model.size == "mini" and cfg.data._target_.endswith("ShardDataModule")
+
+
+@pytest.mark.slow
+def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
+    """fm-prep code -> fm-pretrain (span masking) -> fm-finetune task=code_completion -> fm-complete."""
+    from pathlib import Path
+
+    from data_prep.code import CodePrepConfig, prepare
+    from fm_core.finetune import finetune
+    from fm_core.train import train
+
+    src = Path(__file__).parent / "data" / "code" / "python3.11"
+    data = tmp_path / "code"
+    prepare(CodePrepConfig(inputs=[str(src)], out=str(data), vocab_size=600, valid_fraction=0.2, test_fraction=0.2))
+    pre = train(compose(["experiment=code_quick", f"data.dir={data}", "model=tiny", "model.max_length=128",
+                         "logger=csv", "trainer.max_steps=6", "trainer.val_check_interval=6",
+                         "trainer.enable_progress_bar=false", "data.max_tokens=1024", f"paths.run_dir={tmp_path / 'pre'}"]))
+    assert np.isfinite(pre["val/perplexity"])
+    cfg = compose(["task=code_completion", f"task.data_dir={data}", f"init_from={tmp_path / 'pre' / 'export'}",
+                   "task.max_length=128", "task.max_tokens=1024", "task.steps=4", "task.line_prompts=60",
+                   "task.fim_prompts=20", "task.functions=8", "task.ngram_order=3", "logger=csv",
+                   "trainer.enable_progress_bar=false", f"paths.run_dir={tmp_path / 'ft'}"], config_name="finetune")
+    metrics = finetune(cfg)
+    on_disk = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert on_disk["data/line_prompts"] == 60 and on_disk["data/fim_prompts"] == 20
+    for system in ("model", "random_init", "ngram3", "copy_line"):
+        assert 0 <= on_disk[f"line/exact_match/{system}"] <= 100 and 0 <= on_disk[f"line/edit_sim/{system}"] <= 100
+    # copy-line is deterministic: the task's figure equals a direct computation on the same cases
+    from code_fm import evaluate as ev
+    from fm_core.shards import ShardDataset, load_tokenizer
+
+    tok = load_tokenizer(data)
+    test = ShardDataset(data / "test")
+    texts = [tok.decode(test.array(i)) for i in range(len(test))]
+    cases = ev.line_cases(texts, 60, 0)
+    direct = ev.line_scores([ev.copy_line(c.prefix) for c in cases], [c.target for c in cases])
+    assert metrics["line/edit_sim/copy_line"] == pytest.approx(direct["edit_sim"])
+    assert metrics["model/fim_val_loss"] < np.log(tok.vocab_size)  # it learned something
+    assert "system" in capsys.readouterr().out  # the printed table
+    assert main(["--checkpoint", metrics["export"], "--file", str(src / "heapq.py"), "--line", "5"]) == 0
