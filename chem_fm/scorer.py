@@ -60,10 +60,11 @@ class Scorer:
         for name, f in self.features.items():
             state = f.state()
             if state.get("init_from"):  # a backbone: copy its export next to the heads
-                target = d / f"backbone_{name}"
-                if target.exists():
+                src = Path(state["init_from"])
+                target = d / (f"backbone_{name}" + (src.suffix if src.is_file() else ""))
+                if target.is_dir():
                     shutil.rmtree(target)
-                shutil.copytree(state["init_from"], target)
+                (shutil.copy2 if src.is_file() else shutil.copytree)(src, target)
                 state = {**state, "init_from": target.name}
             states[name] = state
         spec = {"kind": self.kind, "label": self.label, "y_mean": self.y_mean, "y_std": self.y_std,

@@ -144,3 +144,26 @@ def test_drug_property_regression_beats_the_mean(compose, tmp_path):
     # R^2 > 0: better than predicting the training mean; RMSE in kcal/mol
     assert m["test/r2_mean"] > 0.3 and m["test/ensemble_rmse"] < 3.0
     assert m["test/uncertainty_mean"] > 0 and np.isfinite(m["test/uncertainty_error_spearman"])
+
+
+def test_backbone_features_pool_real_tokens_independent_of_batching(tmp_path):
+    import torch
+
+    from chem_fm.features import BackboneFeatures
+    from fm_core.checkpoint import save_pretrained
+    from fm_core.model import build_model
+
+    tok = SmilesTokenizer()
+    torch.manual_seed(0)
+    net = build_model("tiny", tok).eval()
+    save_pretrained(tmp_path / "export", net, tok)
+    smiles = ["CCO", "c1ccccc1C(=O)O", "CC(C)Cc1ccc(cc1)[C@@H](C)C(=O)O", "N"]
+    mols = [Chem.MolFromSmiles(s) for s in smiles]
+    x = BackboneFeatures(str(tmp_path / "export"), batch_size=3).fit(mols).transform(mols)
+    layer = net.config.num_layers
+    for i, m in enumerate(mols):  # one molecule at a time, no padding: the mean over its atom/bond tokens
+        ids = torch.as_tensor(tok.add_special_tokens(tok.encode(Chem.MolToSmiles(m))))[None]
+        with torch.no_grad():
+            rep = net(ids, repr_layers=[layer])["representations"][layer][0, 1:-1].mean(0)
+        np.testing.assert_allclose(x[i], rep.numpy(), rtol=1e-4, atol=1e-5)
+    assert np.abs(x[0] - x[1]).max() > 1e-3
