@@ -113,7 +113,19 @@ def main() -> None:
     p.add_argument("--data-dir", default="data/molecules")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
+    p.add_argument("--merge", nargs="+", default=None, help="no training: merge these JSON outputs (datasets and "
+                   "methods of separate invocations) into --out and print the table")
     args = p.parse_args()
+    if args.merge:
+        merged: dict[str, Any] = {"datasets": {}, "runs": []}
+        for f in args.merge:
+            part = json.loads(Path(f).read_text())
+            merged["runs"].append({k: v for k, v in part.items() if k != "datasets"} | {"file": Path(f).name})
+            for name, entry in part["datasets"].items():
+                merged["datasets"].setdefault(name, {}).update(entry)
+        Path(args.out).write_text(json.dumps(merged, indent=1))
+        print_table(merged, args.out)
+        return
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -172,14 +184,22 @@ def main() -> None:
             print(f"   chemprop {entry['chemprop']['seconds']:.0f}s", flush=True)
         result["datasets"][name] = entry
         Path(args.out).write_text(json.dumps(result, indent=1))
+    print_table(result, args.out)
+
+
+def print_table(result: dict, out: str) -> None:
     methods = [m for m in ("rf", "chemprop", "ours", "ours+smiles") if any(m in e for e in result["datasets"].values())]
-    epochs = {n: e["chemprop"]["epochs"] for n, e in result["datasets"].items() if "chemprop" in e}
-    print(f"\nsplit={args.split}; test metrics, mean ± std over seeds; chemprop epochs (CPU) {epochs}")
-    print(f"{'dataset':22s} {'metric':8s} " + " ".join(f"{m:>14s}" for m in methods))
+    print("\ntest metrics, mean ± std over seeds (seeds, chemprop epochs on CPU and our features per dataset in the JSON)")
+    print(f"{'dataset':20s} {'split':8s} {'metric':7s} " + " ".join(f"{m:>14s}" for m in methods))
     for name, e in result["datasets"].items():
         for k in PRIMARY[e["kind"]]:
-            print(f"{name:22s} {k:8s} " + " ".join(f"{fmt(e[m], k) if m in e else '-':>14s}" for m in methods))
-    print(f"json: {args.out}")
+            print(f"{name:20s} {e.get('split', ''):8s} {k:7s} "
+                  + " ".join(f"{fmt(e[m], k) if m in e else '-':>14s}" for m in methods))
+        extra = {m: round(e[m][key], 4) for m in methods if m in e
+                 for key in ("valid_loss_mean", "val_loss_best_mean") if key in e[m]}
+        print(f"{'':20s} {'':8s} {'loss':7s} valid loss (best epoch, mean over seeds): {extra}; seconds: "
+              f"{ {m: round(e[m]['seconds']) for m in methods if m in e} }")
+    print(f"json: {out}")
 
 
 if __name__ == "__main__":
