@@ -4,7 +4,7 @@ RDKit 2D descriptors, optionally + a SMILES masked-LM backbone).
 
 Every dataset is prepared by ``fm-prep molecules`` (the same ``conf/dataset`` configs as
 ``fm-finetune task=drug_property``), scaffold split by default; every method sees the same
-train/valid/test molecules and seeds. JSON out (``--out``, rewritten after each dataset so a partial
+train/valid/test molecules and seeds. JSON out (``--out``, rewritten after each method so a partial
 run keeps its numbers) and a printed table: mean ± std over seeds of the test metrics, plus losses
 and seconds::
 
@@ -92,6 +92,11 @@ def chemprop_run(kind: str, smiles: dict[str, list[str]], ys: dict[str, np.ndarr
     return {**mean_std(per_seed, "test/"), **mean_std(losses, ""), "epochs": epochs}
 
 
+def save(result: dict, name: str, entry: dict, out: str) -> None:
+    result["datasets"][name] = entry
+    Path(out).write_text(json.dumps(result, indent=1))
+
+
 def fmt(r: dict, k: str) -> str:
     m = r.get(f"test/{k}_mean")
     return "-" if m is None else f"{m:.3f}±{r[f'test/{k}_std']:.3f}"
@@ -157,6 +162,7 @@ def main() -> None:
             entry["rf"] = {k.replace("rf/", ""): v for k, v in entry["rf"].items()} | {
                 "seconds": time.perf_counter() - t, "seeds": args.seeds, "trees": args.rf_trees}
             print(f"   rf       {entry['rf']['seconds']:.0f}s", flush=True)
+            save(result, name, entry, args.out)  # after every method: a stopped run keeps its numbers
         if "ours" in args.methods:
             t = time.perf_counter()
             choices = {"morgan": lambda: MorganFeatures(radius=2, size=2048, counts=True), "descriptors": DescriptorFeatures}
@@ -169,6 +175,7 @@ def main() -> None:
                                                                    "features_seconds": feat_s, "seeds": args.seeds,
                                                                    "features": args.features}
             print(f"   ours     {entry['ours']['seconds']:.0f}s", flush=True)
+            save(result, name, entry, args.out)  # after every method: a stopped run keeps its numbers
             if args.backbone:
                 t = time.perf_counter()
                 bb = BackboneFeatures(args.backbone).fit(mols["train"])
@@ -176,14 +183,14 @@ def main() -> None:
                 entry["ours+smiles"] = ours(kind, xb, ys, args.seeds, head) | {
                     "seconds": time.perf_counter() - t + feat_s, "seeds": args.seeds, "backbone": args.backbone}
                 print(f"   ours+smi {entry['ours+smiles']['seconds']:.0f}s", flush=True)
+                save(result, name, entry, args.out)  # after every method: a stopped run keeps its numbers
         if "chemprop" in args.methods:
             t = time.perf_counter()
             entry["chemprop"] = chemprop_run(kind, smiles, ys, args.seeds, args.chemprop_epochs,
                                              Path(args.data_dir) / "chemprop_runs" / name) | {
                 "seconds": time.perf_counter() - t, "seeds": args.seeds}
             print(f"   chemprop {entry['chemprop']['seconds']:.0f}s", flush=True)
-        result["datasets"][name] = entry
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        save(result, name, entry, args.out)
     print_table(result, args.out)
 
 
