@@ -88,7 +88,7 @@ def _run(compose, tmp_path, dataset, inputs, extra=()):
     cfg = compose(["task=drug_property", f"dataset={dataset}", f"dataset.inputs=[{inputs}]", "logger=csv",
                    "task.seeds=[0,1,2]", f"task.data_dir={tmp_path / 'data'}", "~task.features.descriptors",
                    "task.features.morgan.size=1024", "task.head.hidden=[128]", "task.head.max_epochs=60",
-                   "task.head.patience=10", "task.rf_baseline.n_estimators=50",
+                   "task.head.patience=10", "task.rf_baseline.n_estimators=10",
                    f"paths.run_dir={tmp_path / dataset}", *extra], config_name="finetune")
     return finetune(cfg)
 
