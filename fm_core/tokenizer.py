@@ -14,7 +14,7 @@ import numpy as np
 
 # Only modules inside these packages may be named by a saved tokenizer: loading a checkpoint
 # never imports arbitrary code named by a file.
-TRUSTED_PACKAGES = ("fm_core", "bio_fm", "code_fm", "tasks")
+TRUSTED_PACKAGES = ("fm_core", "bio_fm", "code_fm", "chem_fm", "tasks")
 _REGISTRY: dict[str, type] = {}
 
 

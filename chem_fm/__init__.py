@@ -1,0 +1,1 @@
+"""Chemistry side of fm-toolkit: SMILES tokenizer, molecule representations, property scoring."""

@@ -1,0 +1,191 @@
+"""Molecule representations, chosen by config (``_target_``): Morgan fingerprints, RDKit 2D
+descriptors, and embeddings from a SMILES masked-LM backbone.
+
+Every representation has ``fit(mols)`` (learns what it needs from the training molecules only,
+e.g. descriptor normalisation), ``transform(mols) -> float32 array (n, dim)``, and ``state()`` /
+``load_state(state)`` so a trained scorer can be saved and reloaded (``fm-score``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class MorganFeatures:
+    """Morgan (ECFP-like) fingerprints from RDKit's ``MorganGenerator``: bits or counts
+    (``log1p`` of counts when ``log_counts``), ``radius`` and ``size`` configurable."""
+
+    def __init__(self, radius: int = 2, size: int = 2048, counts: bool = True, log_counts: bool = True,
+                 chirality: bool = False):
+        self.radius, self.size, self.counts, self.log_counts, self.chirality = radius, size, counts, log_counts, chirality
+
+    def _generator(self):
+        from rdkit.Chem import rdFingerprintGenerator
+
+        return rdFingerprintGenerator.GetMorganGenerator(radius=self.radius, fpSize=self.size,
+                                                         includeChirality=self.chirality)
+
+    @property
+    def dim(self) -> int:
+        return self.size
+
+    def fit(self, mols: list[Any]) -> MorganFeatures:
+        return self
+
+    def transform(self, mols: list[Any]) -> np.ndarray:
+        gen = self._generator()
+        out = np.zeros((len(mols), self.size), dtype=np.float32)
+        for i, mol in enumerate(mols):
+            out[i] = gen.GetCountFingerprintAsNumPy(mol) if self.counts else gen.GetFingerprintAsNumPy(mol)
+        if self.counts and self.log_counts:
+            np.log1p(out, out=out)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class DescriptorFeatures:
+    """RDKit 2D descriptors (``Descriptors._descList``, or the ``names`` given), normalised with
+    statistics of the training molecules: values outside the train 0.5/99.5 percentiles are clipped,
+    then standardised; missing values (NaN, inf, a descriptor that raises) become the train median,
+    i.e. 0 after normalisation; constant columns are 0."""
+
+    def __init__(self, names: list[str] | None = None, clip_percentile: float = 0.5):
+        from rdkit.Chem import Descriptors
+
+        table = dict(Descriptors._descList)
+        self.names = list(names) if names else list(table)
+        unknown = [n for n in self.names if n not in table]
+        if unknown:
+            raise ValueError(f"unknown RDKit descriptors {unknown}")
+        self._funcs = [table[n] for n in self.names]
+        self.clip_percentile = clip_percentile
+        self.lo = self.hi = self.median = self.mean = self.std = None
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    def raw(self, mols: list[Any]) -> np.ndarray:
+        out = np.full((len(mols), len(self._funcs)), np.nan, dtype=np.float64)
+        for i, mol in enumerate(mols):
+            for j, f in enumerate(self._funcs):
+                try:
+                    out[i, j] = f(mol)
+                except Exception:  # RDKit descriptors raise on some exotic molecules: a missing value
+                    pass
+        out[~np.isfinite(out)] = np.nan
+        return out
+
+    def fit(self, mols: list[Any]) -> DescriptorFeatures:
+        x = self.raw(mols)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+                self.lo = np.nanpercentile(x, self.clip_percentile, axis=0)
+                self.hi = np.nanpercentile(x, 100 - self.clip_percentile, axis=0)
+                self.median = np.nanmedian(x, axis=0)
+        for a in (self.lo, self.hi, self.median):
+            a[~np.isfinite(a)] = 0.0
+        x = self._fill_clip(x)
+        self.mean, self.std = x.mean(axis=0), x.std(axis=0)
+        return self
+
+    def _fill_clip(self, x: np.ndarray) -> np.ndarray:
+        x = np.where(np.isnan(x), self.median, x)
+        return np.clip(x, self.lo, self.hi)
+
+    def transform(self, mols: list[Any]) -> np.ndarray:
+        if self.mean is None:
+            raise RuntimeError("DescriptorFeatures.transform before fit")
+        x = self._fill_clip(self.raw(mols))
+        std = np.where(self.std > 1e-12, self.std, np.inf)
+        return ((x - self.mean) / std).astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return {k: getattr(self, k).tolist() for k in ("lo", "hi", "median", "mean", "std")}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, np.asarray(v, dtype=np.float64))
+
+
+class BackboneFeatures:
+    """Mean-pooled token representations of a SMILES masked LM (an ``fm-pretrain`` export,
+    e.g. of ``experiment=smiles_quick``), from layer ``layer`` (-1 = last, after the final norm);
+    the backbone is frozen. ``init_from: null`` takes fm-finetune's ``init_from``."""
+
+    def __init__(self, init_from: str | None = None, layer: int = -1, batch_size: int = 256):
+        self.init_from, self.layer, self.batch_size = init_from, layer, batch_size
+        self._net = self._tok = None
+
+    def bind(self, init_from: str | None) -> None:
+        """Fill in the backbone path from the run when the config leaves it empty."""
+        if not self.init_from:
+            self.init_from = init_from
+        if not self.init_from:
+            raise ValueError("BackboneFeatures: no backbone; give init_from=<export of fm-pretrain "
+                             "experiment=smiles_quick> or remove this representation")
+
+    def _load(self):
+        if self._net is None:
+            from fm_core.checkpoint import load_pretrained
+
+            self.bind(None)
+            self._net, self._tok = load_pretrained(self.init_from)
+            self._net.eval()
+        return self._net, self._tok
+
+    @property
+    def dim(self) -> int:
+        return self._load()[0].config.embed_dim
+
+    def fit(self, mols: list[Any]) -> BackboneFeatures:
+        self._load()
+        return self
+
+    @torch.no_grad()
+    def transform(self, mols: list[Any]) -> np.ndarray:
+        from rdkit import Chem
+
+        net, tok = self._load()
+        layer = net.config.num_layers if self.layer == -1 else self.layer
+        max_len = net.config.max_length
+        seqs = [tok.add_special_tokens(tok.encode(Chem.MolToSmiles(m))[: max_len - 2]) for m in mols]
+        order = np.argsort([len(s) for s in seqs])
+        out = np.zeros((len(mols), net.config.embed_dim), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            width = max(len(seqs[i]) for i in idx)
+            ids = torch.full((len(idx), width), tok.pad_id, dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, : len(seqs[i])] = torch.as_tensor(seqs[i])
+            rep = net(ids, repr_layers=[layer])["representations"][layer]
+            keep = torch.ones_like(ids, dtype=torch.bool)
+            for s in tok.special_ids.tolist():
+                keep &= ids != s
+            w = keep.unsqueeze(-1).to(rep.dtype)
+            out[idx] = ((rep * w).sum(1) / w.sum(1).clamp(min=1)).numpy()
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"init_from": str(Path(self.init_from).resolve()) if self.init_from else None}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.init_from = state.get("init_from") or self.init_from
+        self._net = None
+
+
+def featurize(features: dict[str, Any], mols: list[Any]) -> np.ndarray:
+    """The concatenation of every representation, in the config's order."""
+    return np.concatenate([f.transform(mols) for f in features.values()], axis=1)
