@@ -12,6 +12,17 @@ os.environ.setdefault("WANDB_SILENT", "true")
 SLICE = Path(str(files("bio_fm").joinpath("data/uniprot_slice")))
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Jobs run in-process set ``torch.set_num_threads`` (``threads=`` options); restore it after each
+    test so that later tests (e.g. in-process vs subprocess bit-equality) see the default."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def slice_dir():
     return SLICE
