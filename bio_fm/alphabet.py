@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from fm_core.tokenizer import InvalidRecordError, register_tokenizer
+from fm_core.tokenizer import InvalidRecordError, TokenizerBase, register_tokenizer
 
 # fair-esm's proteinseq_toks, in its order (its ids depend on it)
 RESIDUES = tuple("LAGVSERTIDPKQNFYMHWCXBUZO.-")
@@ -16,7 +16,7 @@ _SPECIAL_RE = re.compile(r"(<[a-z_0-9]+>)")
 
 
 @register_tokenizer("esm_alphabet")
-class ProteinAlphabet:
+class ProteinAlphabet(TokenizerBase):
     """cls/pad/eos/unk, the 20 standard residues and the rare ones, ``.``, ``-``, a filler, mask.
 
     ``encode`` accepts lower case and strips one terminal ``*`` (the stop mark gene predictors
@@ -48,14 +48,6 @@ class ProteinAlphabet:
         self._table = table
 
     # --- Tokenizer interface -------------------------------------------------------------
-    @property
-    def special_ids(self) -> np.ndarray:
-        return self._special
-
-    @property
-    def random_ids(self) -> np.ndarray:
-        return self._random
-
     def encode(self, text: str, *, record: str | None = None, source: str | None = None) -> np.ndarray:
         """Residues -> uint8 ids, no special tokens added."""
         if text.endswith("*"):
@@ -95,15 +87,6 @@ class ProteinAlphabet:
                                              position=offset + err.position) from None
             offset += len(piece)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
-
-    def decode(self, ids: Any) -> str:
-        return "".join(self.tokens[int(i)] for i in np.asarray(ids).reshape(-1))
-
-    def add_special_tokens(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty(len(ids) + 2, dtype=np.int64)
-        out[0], out[-1] = self.cls_id, self.eos_id
-        out[1:-1] = ids
-        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "module": __name__, "tokens": self.tokens}

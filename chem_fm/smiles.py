@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fm_core.data import ReadStats, SequenceDataset
-from fm_core.tokenizer import InvalidRecordError, register_tokenizer
+from fm_core.tokenizer import InvalidRecordError, TokenizerBase, register_tokenizer
 
 SMILES_REGEX = re.compile(
     r"(\[[^\]]+]|Br?|Cl?|N|O|S|P|F|I|b|c|n|o|s|p|\(|\)|\.|=|#|-|\+|\\|/|:|~|@|\?|>|\*|\$|%[0-9]{2}|[0-9])")
@@ -43,7 +43,7 @@ BRACKET_ATOMS = (
 
 
 @register_tokenizer("smiles_regex")
-class SmilesTokenizer:
+class SmilesTokenizer(TokenizerBase):
     """SMILES -> ids without special tokens; ids 0..4 are ``<pad> <unk> <cls> <eos> <mask>``."""
 
     def __init__(self, extra_tokens: tuple[str, ...] | list[str] = ()):
@@ -57,14 +57,6 @@ class SmilesTokenizer:
         self._special = np.arange(len(SPECIAL_TOKENS), dtype=np.int64)
         self._random = np.arange(len(SPECIAL_TOKENS), self.vocab_size, dtype=np.int64)
         self.unknown = 0  # bracket atoms outside the vocabulary met so far (encoded as <unk>)
-
-    @property
-    def special_ids(self) -> np.ndarray:
-        return self._special
-
-    @property
-    def random_ids(self) -> np.ndarray:
-        return self._random
 
     @staticmethod
     def split(text: str, *, record: str | None = None, source: str | None = None) -> list[str]:
@@ -85,15 +77,6 @@ class SmilesTokenizer:
         ids = np.fromiter((self.index.get(t, self.unk_id) for t in toks), dtype=np.uint16, count=len(toks))
         self.unknown += int((ids == self.unk_id).sum())
         return ids
-
-    def decode(self, ids: Any) -> str:
-        return "".join(self.tokens[int(i)] for i in np.asarray(ids).reshape(-1))
-
-    def add_special_tokens(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty(len(ids) + 2, dtype=np.int64)
-        out[0], out[-1] = self.bos_id, self.eos_id
-        out[1:-1] = ids
-        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "module": __name__, "extra_tokens": list(self.extra_tokens),

@@ -17,7 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from fm_core.tokenizer import register_tokenizer
+from fm_core.tokenizer import TokenizerBase, register_tokenizer
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<cls>", "<eos>", "<mask>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>")
 
@@ -35,7 +35,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int =
 
 
 @register_tokenizer("code_bpe")
-class CodeBPETokenizer:
+class CodeBPETokenizer(TokenizerBase):
     def __init__(self, tokenizer: HFTokenizer):
         self.hf = tokenizer
         # a file's text is data: "<mask>" written in a source file is encoded as text, never as the
@@ -52,14 +52,6 @@ class CodeBPETokenizer:
         self._random = np.arange(len(SPECIAL_TOKENS), self.vocab_size, dtype=np.int64)
         self.dtype = np.uint16 if self.vocab_size <= 65536 else np.int32
 
-    @property
-    def special_ids(self) -> np.ndarray:
-        return self._special
-
-    @property
-    def random_ids(self) -> np.ndarray:
-        return self._random
-
     def encode(self, text: str, *, record: str | None = None, source: str | None = None) -> np.ndarray:
         """Text -> ids without special tokens (special-token text in the input is encoded as text)."""
         return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=self.dtype)
@@ -69,12 +61,6 @@ class CodeBPETokenizer:
 
     def decode(self, ids: Any) -> str:
         return self.hf.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=False)
-
-    def add_special_tokens(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty(len(ids) + 2, dtype=np.int64)
-        out[0], out[-1] = self.bos_id, self.eos_id
-        out[1:-1] = ids
-        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "module": __name__, "tokenizer": json.loads(self.hf.to_str())}

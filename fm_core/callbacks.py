@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
+from fm_core.plots import save_figure
+
 log = logging.getLogger(__name__)
 
 
@@ -57,10 +59,7 @@ class LearningCurve(L.Callback):
         ax_val.set(xlabel="step", ylabel="perplexity", title="validation")
         if any(self.val.values()):
             ax_val.legend()
-        fig.tight_layout()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self.path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, self.path, dpi=100)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("learning_curve", [str(self.path)])

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fm_core.model import MaskedLM, build_model
+from fm_core.plots import save_figure
 from fm_core.tokenizer import Tokenizer
 from fm_core.train import instantiate_group, write_metrics
 
@@ -76,6 +77,12 @@ class FinetuneRun:
         callbacks; ``overrides`` win over the config (e.g. ``max_steps`` from the task)."""
         return instantiate(self.cfg.trainer, logger=self.loggers or False, callbacks=callbacks or [],
                            default_root_dir=str(self.run_dir), **overrides)
+
+    def save_figure(self, fig: Any, filename: str, key: str, dpi: int = 110) -> Path:
+        """Save ``fig`` as ``<run_dir>/<filename>`` and log it under ``key`` (``log_image``)."""
+        path = save_figure(fig, self.run_dir / filename, dpi)
+        self.log_image(key, path)
+        return path
 
     def log_image(self, key: str, path: str | Path) -> None:
         """A PNG saved in the run directory, also logged to W&B when a W&B logger is configured."""

@@ -57,6 +57,35 @@ class Tokenizer(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
+class TokenizerBase:
+    """What the toolkit's tokenizers share: ``_special`` / ``_random`` id arrays set by the subclass,
+    ``<bos> ids <eos>`` wrapping, and decoding by ``self.tokens`` (subclasses with another
+    vocabulary store override ``decode``)."""
+
+    bos_id: int
+    eos_id: int
+    tokens: list[str]
+    _special: np.ndarray
+    _random: np.ndarray
+
+    @property
+    def special_ids(self) -> np.ndarray:
+        return self._special
+
+    @property
+    def random_ids(self) -> np.ndarray:
+        return self._random
+
+    def decode(self, ids: Any) -> str:
+        return "".join(self.tokens[int(i)] for i in np.asarray(ids).reshape(-1))
+
+    def add_special_tokens(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty(len(ids) + 2, dtype=np.int64)
+        out[0], out[-1] = self.bos_id, self.eos_id
+        out[1:-1] = ids
+        return out
+
+
 def register_tokenizer(kind: str):
     """Class decorator: make a tokenizer loadable from its ``to_dict()`` by ``kind``."""
 

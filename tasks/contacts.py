@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bio_fm.alphabet import ProteinAlphabet
 from fm_core.checkpoint import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
@@ -102,30 +101,16 @@ def pair_head_scorer(module: ContactModule, tokenizer) -> Scorer:
     return score
 
 
-class ContactTask:
+class ContactTask(sd.StructureTask):
     """Arguments: see ``conf/task/contacts.yaml`` (the defaults live there only)."""
 
-    def __init__(self, *, size: str, data_dir: str | None, slice_dir: str, prep: dict, pretrain_corpus: str | None,
-                 pretrain_identity: float, max_train_chains: int, max_test_chains: int | None, l1_C: float,
-                 supervised: dict, plot_chains: int, mmseqs_threads: int | None, num_threads: int | None):
-        self.size, self.data_dir, self.slice_dir, self.prep = size, data_dir, slice_dir, dict(prep)
-        self.pretrain_corpus = pretrain_corpus
-        self.pretrain_identity, self.max_train_chains = pretrain_identity, max_train_chains
-        self.max_test_chains, self.l1_C = max_test_chains, l1_C
-        self.supervised = dict(supervised)
-        self.plot_chains, self.mmseqs_threads, self.num_threads = plot_chains, mmseqs_threads, num_threads
+    def __init__(self, *, max_train_chains: int, l1_C: float, supervised: dict, plot_chains: int, **common: Any):
+        super().__init__(**common)
+        self.max_train_chains, self.l1_C = max_train_chains, l1_C
+        self.supervised, self.plot_chains = dict(supervised), plot_chains
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        alphabet = ProteinAlphabet()
-        net = run.backbone(alphabet, self.size)
-        rand = run.random_backbone(net, alphabet)
-        max_res = net.config.max_length - 2
-        data_dir, test, groups, metrics = sd.test_chains(
-            run.seed, max_res, data_dir=self.data_dir, slice_dir=self.slice_dir, prep=self.prep, pretrain_corpus=self.pretrain_corpus,
-            pretrain_identity=self.pretrain_identity, max_test_chains=self.max_test_chains,
-            mmseqs_threads=self.mmseqs_threads)
+        alphabet, net, rand, max_res, data_dir, test, groups, metrics = self.setup(run)
         sup = self.supervised
         pool = [c.crop(max_res) for c in sd.load_split(data_dir, "train", max(self.max_train_chains, sup["train_chains"]),
                                                        run.seed)]
@@ -231,11 +216,7 @@ class ContactTask:
                     if row == 0 and col == 0:
                         ax.legend(fontsize=6, loc="lower left")
             fig.suptitle("true contacts (upper triangle) vs top-L predictions (lower), |i-j| >= 6", fontsize=9)
-            fig.tight_layout()
-            path = run.run_dir / "contact_maps.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            run.log_image("contacts/maps", path)
+            run.save_figure(fig, "contact_maps.png", "contacts/maps")
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
         lengths = np.array([len(c) for c in test])
@@ -253,11 +234,7 @@ class ContactTask:
         axes[1].set_xlabel("random-init backbone + same head")
         axes[1].set_ylabel("pre-trained backbone + head")
         axes[1].set_title("per-chain long-range P@L/5", fontsize=9)
-        fig.tight_layout()
-        path = run.run_dir / "per_chain_precision.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        run.log_image("contacts/per_chain_precision", path)
+        run.save_figure(fig, "per_chain_precision.png", "contacts/per_chain_precision")
 
 
 __all__ = ["ContactTask", "fit_contact_regression", "pair_training_set", "RANGES"]

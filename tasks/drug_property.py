@@ -25,6 +25,7 @@ from chem_fm.heads import HeadConfig, fit_mlp, predict
 from chem_fm.metrics import mean_std, property_metrics
 from chem_fm.scorer import Scorer, build_features
 from fm_core.finetune import FinetuneRun
+from fm_core.plots import save_figure
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
@@ -179,7 +180,4 @@ def plot_test(kind: str, label: str, y: np.ndarray, pred: np.ndarray, unc: np.nd
         lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         ax.set(xlabel=f"measured {label}", ylabel=f"predicted {label} (± member std)", title=f"{label}: test set")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)

@@ -32,6 +32,7 @@ import torch
 from bio_fm.fasta import iter_fasta
 from bio_fm.structure import DSSP8, SS3
 from fm_core.checkpoint import load_pretrained
+from fm_core.plots import save_figure
 from fm_core.tokenizer import InvalidRecordError
 from tasks.secondary_structure import predict_states, states_to_string
 from tasks.structure_data import Chain, backbone_features
@@ -68,9 +69,7 @@ def plot_contacts(path: Path, probs: np.ndarray, rid: str) -> None:
     im = ax.imshow(probs, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(f"{rid}: contact probability", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 @torch.no_grad()

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bio_fm.alphabet import ProteinAlphabet
 from bio_fm.structure import DSSP8, SS3
 from fm_core.checkpoint import save_pretrained
 from fm_core.finetune import FinetuneRun
@@ -76,32 +75,19 @@ def states_to_string(y: np.ndarray, alphabet: str) -> str:
     return "".join(alphabet[i] for i in y)
 
 
-class SecondaryStructureTask:
+class SecondaryStructureTask(sd.StructureTask):
     """Arguments: see ``conf/task/secondary_structure.yaml`` (the defaults live there only)."""
 
-    def __init__(self, *, size: str, data_dir: str | None, slice_dir: str, prep: dict, pretrain_corpus: str | None,
-                 pretrain_identity: float, max_train_chains: int | None, max_test_chains: int | None,
-                 repr_layers: list[int] | None, heads: dict, window_mlp: dict, train: dict,
-                 mmseqs_threads: int | None, num_threads: int | None):
-        self.size, self.data_dir, self.slice_dir, self.prep = size, data_dir, slice_dir, dict(prep)
-        self.pretrain_corpus, self.pretrain_identity = pretrain_corpus, pretrain_identity
-        self.max_train_chains, self.max_test_chains = max_train_chains, max_test_chains
+    def __init__(self, *, max_train_chains: int | None, repr_layers: list[int] | None, heads: dict,
+                 window_mlp: dict, train: dict, **common: Any):
+        super().__init__(**common)
+        self.max_train_chains = max_train_chains
         self.repr_layers = None if repr_layers is None else list(repr_layers)
         self.heads = {k: dict(v) for k, v in heads.items()}
         self.window_mlp, self.train = dict(window_mlp), dict(train)
-        self.mmseqs_threads, self.num_threads = mmseqs_threads, num_threads
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        alphabet = ProteinAlphabet()
-        net = run.backbone(alphabet, self.size)
-        rand = run.random_backbone(net, alphabet)
-        max_res = net.config.max_length - 2
-        data_dir, test, groups, metrics = sd.test_chains(
-            run.seed, max_res, data_dir=self.data_dir, slice_dir=self.slice_dir, prep=self.prep, pretrain_corpus=self.pretrain_corpus,
-            pretrain_identity=self.pretrain_identity, max_test_chains=self.max_test_chains,
-            mmseqs_threads=self.mmseqs_threads)
+        alphabet, net, rand, max_res, data_dir, test, groups, metrics = self.setup(run)
         train = [c.crop(max_res) for c in sd.load_split(data_dir, "train", self.max_train_chains, run.seed)]
         metrics["data/train_chains"] = len(train)
         metrics["data/train_residues"] = int(sum(len(c) for c in train))
@@ -185,11 +171,7 @@ class SecondaryStructureTask:
         ax.set_xticks(range(1, len(methods) + 1), methods, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("Q3 per test chain")
         ax.set_title(f"secondary structure, {len(test)} test chains (means: triangles)", fontsize=9)
-        fig.tight_layout()
-        path = run.run_dir / "per_chain_q3.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        run.log_image("secondary_structure/per_chain_q3", path)
+        run.save_figure(fig, "per_chain_q3.png", "secondary_structure/per_chain_q3")
 
 
 __all__ = ["SecondaryStructureTask", "predict_states", "propensity_table", "states_to_string"]

@@ -171,6 +171,36 @@ def test_chains(seed: int, max_residues: int, *, data_dir: str | None, slice_dir
     return data, test, groups, counts
 
 
+class StructureTask:
+    """What the contact and secondary-structure tasks share: the backbone (``init_from``, or ``size``
+    from scratch) and its random-init twin, the test chains and their pre-training homology subsets."""
+
+    def __init__(self, *, size: str, data_dir: str | None, slice_dir: str, prep: dict, pretrain_corpus: str | None,
+                 pretrain_identity: float, max_test_chains: int | None, mmseqs_threads: int | None,
+                 num_threads: int | None):
+        self.size, self.data_dir, self.slice_dir, self.prep = size, data_dir, slice_dir, dict(prep)
+        self.pretrain_corpus, self.pretrain_identity = pretrain_corpus, pretrain_identity
+        self.max_test_chains, self.mmseqs_threads, self.num_threads = max_test_chains, mmseqs_threads, num_threads
+
+    def setup(self, run: Any) -> tuple[Any, MaskedLM, MaskedLM, int, Path, list[Chain], dict[str, list[int]],
+                                       dict[str, Any]]:
+        """(alphabet, backbone, random-init backbone, max residues, data dir, test chains, subsets, metrics)
+        for a ``fm_core.finetune.FinetuneRun``."""
+        from bio_fm.alphabet import ProteinAlphabet
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        alphabet = ProteinAlphabet()
+        net = run.backbone(alphabet, self.size)
+        rand = run.random_backbone(net, alphabet)
+        max_res = net.config.max_length - 2
+        data_dir, test, groups, metrics = test_chains(
+            run.seed, max_res, data_dir=self.data_dir, slice_dir=self.slice_dir, prep=self.prep,
+            pretrain_corpus=self.pretrain_corpus, pretrain_identity=self.pretrain_identity,
+            max_test_chains=self.max_test_chains, mmseqs_threads=self.mmseqs_threads)
+        return alphabet, net, rand, max_res, data_dir, test, groups, metrics
+
+
 def subset_counts(chains: list[Chain], groups: dict[str, list[int]], pretrain_identity: float) -> dict[str, int]:
     return {"data/test_chains": len(chains),
             "data/test_residues": int(sum(len(c) for c in chains)),
