@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from fm_core.masking import IGNORE
 from fm_core.shard_data import ShardDataModule
@@ -75,7 +74,6 @@ class FIMDataModule(ShardDataModule):
         super().__init__(tokenizer, dir, **kwargs)
         self.fim_rate, self.spm_rate = fim_rate, spm_rate
 
-    def _loader(self, ds, *, train: bool) -> DataLoader:
-        collate = FIMCollator(self.tokenizer, self.max_length, self.fim_rate, self.spm_rate)
-        return DataLoader(ds, batch_sampler=self.batch_sampler(ds, shuffle=train), collate_fn=collate,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def collator(self) -> FIMCollator:
+        # batching, the per-epoch sample seeds and mid-epoch resume stay MLMDataModule's
+        return FIMCollator(self.tokenizer, self.max_length, self.fim_rate, self.spm_rate)

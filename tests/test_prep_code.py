@@ -118,3 +118,39 @@ def test_pretrain_from_code_shards(prepared, compose, tmp_path):
     assert metrics["train/steps"] == 8 and metrics["data/train_read"] == m["splits"]["train"]["records"]
     assert metrics["data/val_read"] == m["splits"]["test"]["records"]
     assert np.isfinite(metrics["val/perplexity"]) and metrics["val/unigram_perplexity"] > 50
+
+
+def test_fim_training_windows_change_every_epoch(prepared, tmp_path):
+    """Lightning must reach the FIM sampler's epoch: otherwise every epoch replays epoch 0's crops and
+    FIM cuts and the completion model memorises them (train loss 1.2, held-out loss rising)."""
+    import functools
+
+    import lightning as L
+    import torch
+
+    from code_fm.fim import FIMDataModule
+    from fm_core.causal_lm import CausalLMModule
+    from fm_core.config import EncoderConfig
+    from fm_core.model import MaskedLM
+    from fm_core.schedules import warmup_decay
+    from fm_core.shards import load_tokenizer
+
+    out, _, _ = prepared
+    tok = load_tokenizer(out)
+    dm = FIMDataModule(tok, str(out), max_length=64, max_tokens=4096, seed=0)
+    net = MaskedLM(EncoderConfig(vocab_size=tok.vocab_size, num_layers=1, embed_dim=16, num_heads=2,
+                                 max_length=64, causal=True, pad_id=tok.pad_id, mask_id=tok.mask_id))
+    module = CausalLMModule(net, functools.partial(torch.optim.AdamW, lr=1e-3),
+                            functools.partial(warmup_decay, warmup_steps=1, total_steps=100))
+    seen: dict[int, list[tuple[int, ...]]] = {}
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            rows = [tuple(r[r != tok.pad_id].tolist()) for r in batch["input_ids"]]
+            seen.setdefault(trainer.current_epoch, []).extend(rows)
+
+    L.Trainer(max_epochs=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+              default_root_dir=tmp_path).fit(module, datamodule=dm)
+    assert set(seen) == {0, 1} and len(seen[0]) == len(seen[1]) > 0
+    assert sorted(seen[0]) != sorted(seen[1])
