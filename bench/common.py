@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent  # JSON results sit beside the scripts that write them
 
 
 def machine() -> dict[str, Any]:

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (a GPU run: tokens/s and MFU for the README)")
     ap.add_argument("--compile", action="store_true", help="add torch.compile'd variants (slow to compile)")
     ap.add_argument("--skip", nargs="*", default=[], help="variant names to leave out")
-    ap.add_argument("--out", default=None, help="JSON path (default bench/results/pretrain_vs_esm.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default bench/pretrain_vs_esm.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.batches, args.rounds = 2, 2

@@ -62,7 +62,7 @@ class Packing:
     real tokens only. Attention must not cross sequences: it scatters q, k, v into an ``(S, Lmax)``
     layout and runs SDPA with a key-padding mask there (exact: each sequence attends to itself with
     positions restarting at 0). On CPU with length-bucketed batches the scatter costs more than the
-    padding it saves (bench/results/pretrain_vs_esm*.json); a varlen GPU kernel is the next step.
+    padding it saves (bench/pretrain_vs_esm*.json); a varlen GPU kernel is the next step.
     """
 
     lengths: Tensor  # (S,) tokens per sequence
