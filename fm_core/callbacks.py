@@ -6,9 +6,8 @@ import logging
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.loggers import WandbLogger
 
-from fm_core.plots import save_figure
+from fm_core.plots import log_image, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +59,7 @@ class LearningCurve(L.Callback):
         if any(self.val.values()):
             ax_val.legend()
         save_figure(fig, self.path, dpi=100)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image("learning_curve", [str(self.path)])
+        log_image(trainer.loggers, "learning_curve", self.path)
         log.info("learning curve: %s", self.path)
 
 

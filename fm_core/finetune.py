@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fm_core.model import MaskedLM, build_model
-from fm_core.plots import save_figure
+from fm_core.plots import log_image, save_figure
 from fm_core.tokenizer import Tokenizer
 from fm_core.train import instantiate_group, write_metrics
 
@@ -86,9 +86,7 @@ class FinetuneRun:
 
     def log_image(self, key: str, path: str | Path) -> None:
         """A PNG saved in the run directory, also logged to W&B when a W&B logger is configured."""
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key, [str(path)])
+        log_image(self.loggers, key, path)
         log.info("%s: %s", key, path)
 
 

@@ -16,3 +16,12 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def log_image(loggers: Any, key: str, path: str | Path) -> None:
+    """Log a saved PNG to every W&B logger among ``loggers`` (others have no image support)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key, [str(path)])
