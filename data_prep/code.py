@@ -13,8 +13,16 @@ Stages:
    its own group). Groups that hold near-twins (estimated Jaccard >= ``twin_threshold``, lower than
    the removal threshold) are merged, so no file's near-twin crosses splits. Whole groups go to
    train / valid / test (seeded order, filled by file count).
-3. ``tokenizer``: a byte-level BPE (``code_fm.bpe``) trained on the train split only.
+3. ``tokenizer``: a byte-level BPE (``code_fm.bpe``) trained on the train split only, or, with
+   ``tokenizer=`` (a prepared directory), that tokenizer re-used so that a second corpus shares its ids.
 4. ``shards``: token ids per file with ``path`` and ``group`` columns (``fm_core.shards``).
+
+A pre-training corpus larger than the task's (e.g. the installed PyPI packages, ``--input
+$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')``) is prepared with
+``--tokenizer data/code --exclude data/code``: every file whose MinHash Jaccard estimate with a
+``valid`` or ``test`` file of an excluded directory reaches ``twin_threshold`` is rejected as
+``held_out_near_duplicate`` (a vendored copy of a held-out stdlib module, for instance), so the
+evaluation files stay unseen in pre-training.
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ class CodePrepConfig:
     test_fraction: float = 0.1
     vocab_size: int = 8192
     seed: int = 0
+    tokenizer: str | None = None  # a prepared directory (or tokenizer.json) to re-use instead of training one
+    exclude: list[str] = field(default_factory=list)  # prepared code directories whose valid/test stay unseen
 
 
 def iter_files(root: Path, extensions: list[str]) -> list[Path]:
@@ -85,10 +95,32 @@ def _minhash(text: str, num_perm: int):
     return m
 
 
+def held_out_index(cfg: CodePrepConfig) -> tuple[Any, list[str]]:
+    """MinHash LSH (``twin_threshold``) over the valid and test files of every ``exclude`` directory."""
+    from datasketch import MinHashLSH
+
+    from fm_core.shards import ShardDataset, load_tokenizer
+
+    lsh = MinHashLSH(threshold=cfg.twin_threshold, num_perm=cfg.num_perm)
+    names: list[str] = []
+    for d in cfg.exclude:
+        missing = [x for x in ("valid", "test", "tokenizer.json") if not (Path(d) / x).exists()]
+        if missing:
+            raise FileNotFoundError(f"--exclude {d}: no {', '.join(missing)} (is it an fm-prep code directory?)")
+        tok = load_tokenizer(d)
+        for split in ("valid", "test"):
+            ds = ShardDataset(Path(d) / split)
+            for i, path in enumerate(ds.column("path")):
+                lsh.insert(str(len(names)), _minhash(tok.decode(ds.array(i)), cfg.num_perm))
+                names.append(f"{split}:{path}")
+    return lsh, names
+
+
 def stage_scan(tmp: Path, cfg: CodePrepConfig) -> dict[str, Any]:
     from datasketch import MinHashLSH
 
     counts = common.Counts()
+    held_out, held_names = held_out_index(cfg) if cfg.exclude else (None, [])
     lsh = MinHashLSH(threshold=cfg.near_dup_threshold, num_perm=cfg.num_perm)
     seen: dict[bytes, str] = {}
     kept: list[dict[str, Any]] = []
@@ -131,6 +163,9 @@ def stage_scan(tmp: Path, cfg: CodePrepConfig) -> dict[str, Any]:
                 twins = lsh.query(mh)
                 if twins:
                     counts.reject("near_duplicate", f"{rel} ~ {kept[int(twins[0])]['path']}")
+                    continue
+                if held_out is not None and (twins := held_out.query(mh)):
+                    counts.reject("held_out_near_duplicate", f"{rel} ~ {held_names[int(twins[0])]}")
                     continue
                 seen[digest] = rel
                 lsh.insert(str(len(kept)), mh)
@@ -195,6 +230,14 @@ def stage_tokenizer(tmp: Path, cfg: CodePrepConfig, files: list[dict[str, Any]],
     from code_fm.bpe import train_bpe
     from fm_core.shards import save_tokenizer
 
+    if cfg.tokenizer:
+        from fm_core.shards import load_tokenizer
+
+        tok = load_tokenizer(cfg.tokenizer)
+        if not hasattr(tok, "fim_middle_id"):
+            raise ValueError(f"--tokenizer {cfg.tokenizer}: not a code BPE tokenizer ({tok.to_dict().get('kind')})")
+        save_tokenizer(tmp, tok)
+        return {"vocab_size": tok.vocab_size, "reused": str(cfg.tokenizer)}
     texts = (Path(f["file"]).read_text("utf-8") for f, s in zip(files, split, strict=True) if s == 0)
     tok = train_bpe(texts, vocab_size=cfg.vocab_size)
     save_tokenizer(tmp, tok)
@@ -232,11 +275,12 @@ def prepare(cfg: CodePrepConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     params = {k: v for k, v in asdict(cfg).items() if k != "out"}
     stages = common.Stages(out, {"kind": "code", **params}, modules=("data_prep.code", "code_fm.bpe", "fm_core.shards"))
-    sc = stages.run("scan", lambda t: stage_scan(t, cfg), depends=common.input_signature([Path(p) for p in cfg.inputs]))
+    sc = stages.run("scan", lambda t: stage_scan(t, cfg), depends=common.input_signature([Path(p) for p in [*cfg.inputs, *cfg.exclude]]))
     files = json.loads((stages.dir("scan") / "files.json").read_text())
     sp = stages.run("split", lambda t: stage_split(t, cfg, files))
     split = np.load(stages.dir("split") / "split.npy")
-    tk = stages.run("tokenizer", lambda t: stage_tokenizer(t, cfg, files, split))
+    tk = stages.run("tokenizer", lambda t: stage_tokenizer(t, cfg, files, split),
+                    depends=common.input_signature([Path(cfg.tokenizer)]) if cfg.tokenizer else None)
     sh = stages.run("shards", lambda t: stage_shards(t, cfg, files, split, stages.dir("tokenizer")),
                     check=lambda info: published(out, info))
     publish(stages.dir("shards"), out, [*SPLITS, "tokenizer.json"])
@@ -265,6 +309,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--tokenizer", default=d.tokenizer,
+                   help="re-use the tokenizer of this prepared directory (a second corpus with the same ids)")
+    p.add_argument("--exclude", nargs="+", default=d.exclude,
+                   help="prepared code directories: files near-duplicating their valid/test files are rejected")
 
 
 def from_args(args: argparse.Namespace) -> CodePrepConfig:

@@ -154,3 +154,28 @@ def test_fim_training_windows_change_every_epoch(prepared, tmp_path):
               default_root_dir=tmp_path).fit(module, datamodule=dm)
     assert set(seen) == {0, 1} and len(seen[0]) == len(seen[1]) > 0
     assert sorted(seen[0]) != sorted(seen[1])
+
+
+def test_second_corpus_reuses_the_tokenizer_and_keeps_held_out_files_unseen(prepared, tmp_path):
+    """A pre-training corpus beside the task's (``--tokenizer`` + ``--exclude``): the same ids, and a
+    near-copy of a valid/test file of the task corpus is rejected, counted and named."""
+    out, _, _ = prepared
+    tok = load_tokenizer(out)
+    held = next(iter(ShardDataset(out / "test").rows(["path", "tokens"])))
+    train_file = next(iter(ShardDataset(out / "train").rows(["path", "tokens"])))
+    root = tmp_path / "pypi"
+    (root / "vendored").mkdir(parents=True)
+    lines = tok.decode(held["tokens"]).splitlines()
+    (root / "vendored" / "copy_of_test.py").write_text("\n".join(lines[:-2] + ["# vendored"]) + "\n")
+    (root / "vendored" / "copy_of_train.py").write_text(tok.decode(train_file["tokens"]))  # train: allowed
+    (root / "fresh.py").write_text("def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n")
+    m = prepare(CodePrepConfig(inputs=[str(root)], out=str(tmp_path / "out"), tokenizer=str(out), exclude=[str(out)],
+                               valid_fraction=0.0, test_fraction=0.0))
+    c = m["counts"]
+    assert c["read"] == 3 and c["kept"] == 2 and c["rejected"] == {"held_out_near_duplicate": 1}
+    assert c["reject_examples"]["held_out_near_duplicate"] == [f"pypi/vendored/copy_of_test.py ~ test:{held['path']}"]
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == (out / "tokenizer.json").read_text()
+    kept = {r["path"]: r["tokens"] for r in ShardDataset(tmp_path / "out" / "train").rows(["path", "tokens"])}
+    assert kept["pypi/vendored/copy_of_train.py"] == train_file["tokens"]  # same ids as the task corpus
+    with pytest.raises(FileNotFoundError, match="--exclude .*: no valid, test, tokenizer.json"):
+        prepare(CodePrepConfig(inputs=[str(root)], out=str(tmp_path / "bad"), exclude=[str(tmp_path / "out" / "train")]))
