@@ -216,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 48 (line), 256 (block)")
     p.add_argument("--max-seconds", type=float, default=10.0, help="wall-clock bound on decoding")
     p.add_argument("--context", type=int, default=None, help="prompt tokens kept (default: the model's max_length)")
+    p.add_argument("--retrieval", action="store_true",
+                   help="line mode, greedy: let the model choose between its own line and the line retrieved from "
+                        "earlier in the file (code_fm.retrieval, with the gate the task exported); the text "
+                        "after the cursor is not used")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     try:
@@ -231,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             text = text[:-1] if text.endswith("\n") else text
             prefix, _, suffix = text.partition(args.marker)
         completer, _ = load_completer(args.checkpoint, args.context)
-        prompt = completer.prompt(prefix, suffix if suffix.strip() else "")
+        if args.retrieval and (args.mode != "line" or args.temperature > 0):
+            raise CompletionError("--retrieval works in --mode line with greedy decoding (--temperature 0)")
+        # --retrieval: the gate was fitted on left-to-right prompts, so the text after the cursor is not used
+        prompt = completer.prompt(prefix, "" if args.retrieval or not suffix.strip() else suffix)
         if prompt.truncated_from:
             print(f"fm-complete: the prompt has {prompt.truncated_from} tokens; kept the most recent "
                   f"{len(prompt.ids)} (context {completer.context})", file=sys.stderr)
@@ -239,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         (result,) = completer.complete([prompt], mode=args.mode, max_new_tokens=budget,
                                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                        max_seconds=args.max_seconds)
+        if args.retrieval:
+            from code_fm.retrieval import RetrievalGate, choose
+
+            try:
+                gate = RetrievalGate.load(args.checkpoint)
+            except (FileNotFoundError, ValueError) as err:
+                raise CompletionError(f"checkpoint {err}") from err
+            result.text = choose(gate, completer, [prefix], [result.text])[0]
     except CompletionError as err:
         print(f"fm-complete: {err}", file=sys.stderr)
         return 2

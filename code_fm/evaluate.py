@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz
+
+from code_fm.retrieval import retrieve
 
 
 @dataclass
@@ -84,13 +86,7 @@ def function_cases(texts: list[str], n: int, seed: int) -> list[FunctionCase]:
 def copy_line(prefix: str) -> str:
     """The line that followed the earlier line most similar to the last complete line of
     ``prefix`` (ties: the most recent); "" without history."""
-    lines = prefix.split("\n")[:-1]  # complete lines; the prefix ends at a line start
-    if len(lines) < 2:
-        return ""
-    query, history = lines[-1].strip(), [x.strip() for x in lines[:-1]]
-    scores = process.cdist([query], history, scorer=fuzz.ratio)[0]
-    best = len(scores) - 1 - int(np.argmax(scores[::-1]))
-    return lines[best + 1]
+    return retrieve(prefix)[0]
 
 
 def line_scores(preds: list[str], targets: list[str]) -> dict[str, float]:
@@ -107,26 +103,35 @@ def parses(header: str, completion: str) -> bool:
     return True
 
 
+def greedy(completer: Any, prompts: list[Any], mode: str, budget: int, batch_size: int = 32,
+           progress: Any = None) -> list[str]:
+    """Greedy completions of ``prompts``, batched by similar length (little padding)."""
+    order = np.argsort([len(p.ids) for p in prompts])
+    texts: list[str] = [""] * len(prompts)
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        for i, c in zip(idx, completer.complete([prompts[i] for i in idx], mode=mode, max_new_tokens=budget),
+                        strict=True):
+            texts[i] = c.text
+        if progress is not None:
+            progress(len(idx))
+    return texts
+
+
 def evaluate_system(completer: Any, lines: list[LineCase], fims: list[LineCase], funcs: list[FunctionCase],
                     *, batch_size: int = 32, line_tokens: int = 48, block_tokens: int = 128,
-                    progress: Any = None) -> dict[str, float]:
-    """Greedy completions of every case by ``completer`` (a ``code_fm.complete.Completer``)."""
+                    progress: Any = None, line_preds: list[str] | None = None) -> dict[str, float]:
+    """Greedy completions of every case by ``completer`` (a ``code_fm.complete.Completer``); the line
+    completions are appended to ``line_preds`` when given."""
     out: dict[str, float] = {}
 
     def run(prompts: list[Any], mode: str, budget: int) -> list[str]:
-        order = np.argsort([len(p.ids) for p in prompts])  # similar lengths per batch: little padding
-        texts: list[str] = [""] * len(prompts)
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            for i, c in zip(idx, completer.complete([prompts[i] for i in idx], mode=mode, max_new_tokens=budget),
-                            strict=True):
-                texts[i] = c.text
-            if progress is not None:
-                progress(len(idx))
-        return texts
+        return greedy(completer, prompts, mode, budget, batch_size, progress)
 
     if lines:
         preds = run([completer.prompt(c.prefix) for c in lines], "line", line_tokens)
+        if line_preds is not None:
+            line_preds.extend(preds)
         out.update({f"line/{k}": v for k, v in line_scores(preds, [c.target for c in lines]).items()})
     if fims:
         preds = run([completer.prompt(c.prefix, c.suffix) for c in fims], "line", line_tokens)

@@ -12,6 +12,11 @@ whole packages never seen in pre-training): the same architecture from random in
 fine-tuned with the identical budget, a token n-gram model (stupid backoff) counted on the
 train split, and the copy-line heuristic. The adapted model is exported to ``<run_dir>/export``
 for ``fm-complete``.
+
+With ``retrieval=true`` each neural system is also scored as retrieval-augmented line completion
+(``code_fm.retrieval``: the model picks between its own line and the copy-line retrieval from the
+whole file, by a gate fitted on ``gate_prompts`` prompts of the ``valid`` split), reported as
+``model+retrieval`` and ``random_init+retrieval``; the model's gate is exported beside its weights.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from code_fm import evaluate as ev
+from code_fm import retrieval
 from code_fm.complete import Completer
 from code_fm.fim import FIMDataModule
 from code_fm.ngram import NgramLM
+from code_fm.retrieval import RetrievalGate
 from fm_core.causal_lm import CausalLMModule, NeuralLM
 from fm_core.checkpoint import save_pretrained
 from fm_core.finetune import FinetuneRun
@@ -42,7 +50,8 @@ class CodeCompletionTask:
                  steps: int = 100, lr: float = 1e-3, warmup_steps: int = 20, weight_decay: float = 0.01,
                  fim_rate: float = 0.5, spm_rate: float = 0.5, eval_split: str = "test", line_prompts: int = 1000,
                  fim_prompts: int = 200, functions: int = 60, ngram_order: int = 4, batch_size: int = 32,
-                 random_init_baseline: bool = True, threads: int = 1):
+                 random_init_baseline: bool = True, threads: int = 1, retrieval: bool = True,
+                 gate_prompts: int = 400, gate_split: str = "valid"):
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
 
     def adapt(self, run: FinetuneRun, net: torch.nn.Module, tok: Any, name: str) -> dict[str, float]:
@@ -90,18 +99,42 @@ class CodeCompletionTask:
         results: dict[str, dict[str, float]] = {"copy_line": ev.evaluate_copy_line(lines, fims)}
         completers = {key: Completer(NeuralLM(model), tok, self.max_length) for key, model in systems.items()}
         completers[f"ngram{self.ngram_order}"] = Completer(ngram, tok, self.max_length)
+        gate_cases: list[ev.LineCase] = []
+        if self.retrieval:
+            gate_set = ShardDataset(Path(self.data_dir) / self.gate_split)
+            gate_cases = ev.line_cases([tok.decode(gate_set.array(i)) for i in range(len(gate_set))],
+                                       self.gate_prompts, run.seed + 3)
+            metrics["data/gate_prompts"] = len(gate_cases)
         for key, completer in completers.items():
+            preds: list[str] = []
             with tqdm(total=len(lines) + len(fims) + len(funcs), desc=f"evaluate {key}", unit=" prompt") as bar:
                 results[key] = ev.evaluate_system(completer, lines, fims, funcs, batch_size=self.batch_size,
-                                                  progress=bar.update)
+                                                  progress=bar.update, line_preds=preds)
+            if gate_cases and key in systems:
+                results[f"{key}+retrieval"], gate = self.with_retrieval(completer, gate_cases, lines, preds)
+                metrics[f"retrieval/taken/{key}"] = results[f"{key}+retrieval"].pop("taken")
+                if key == name:
+                    gate.save(export)
         for key, res in results.items():
             metrics.update({f"{metric}/{key}": value for metric, value in res.items()})
         if run.init_from:
+            ours = [k for k in results if k.split("+")[0] == "model"]
             for metric in ("line/exact_match", "line/edit_sim", "fim/exact_match", "syntax/parse_rate"):
-                others = [res[metric] for key, res in results.items() if key != "model" and metric in res]
-                metrics[f"beats_baselines/{metric}"] = bool(results["model"][metric] > max(others))
+                best = max((results[k][metric] for k in ours if metric in results[k]), default=float("-inf"))
+                others = [res[metric] for key, res in results.items() if key not in ours and metric in res]
+                metrics[f"beats_baselines/{metric}"] = bool(best > max(others))
         print(table(results))
         return metrics
+
+    def with_retrieval(self, completer: Completer, gate_cases: list[ev.LineCase], lines: list[ev.LineCase],
+                       preds: list[str]) -> tuple[dict[str, float], RetrievalGate]:
+        """Fit the gate on the gate split's prompts, then choose on the evaluation prompts."""
+        own = ev.greedy(completer, [completer.prompt(c.prefix) for c in gate_cases], "line", 48, self.batch_size)
+        gate = retrieval.fit_gate(completer, [c.prefix for c in gate_cases], own, [c.target for c in gate_cases])
+        chosen = retrieval.choose(gate, completer, [c.prefix for c in lines], preds)
+        out: dict[str, float] = {f"line/{k}": v for k, v in ev.line_scores(chosen, [c.target for c in lines]).items()}
+        out["taken"] = 100.0 * float(np.mean([c != p for c, p in zip(chosen, preds, strict=True)]))
+        return out, gate
 
 
 def table(results: dict[str, dict[str, float]]) -> str:

@@ -252,6 +252,59 @@ def test_fm_complete_cli_errors_and_completion(bpe, tmp_path, capsys, monkeypatc
         assert message in capsys.readouterr().err
 
 
+def test_retrieval_finds_the_line_and_scores_it_like_the_decoder(bpe):
+    """The retrieved line (golden), and line_logprobs equal to token-by-token scoring through the
+    KV-cache decoder, with and without cutting the prompt to fit the context."""
+    from code_fm import retrieval
+
+    cursor = CODE.index("        return self.greet")
+    line, sim = retrieval.retrieve(CODE[:cursor])  # "def shout(self, other):" ~ "def greet(...)": LCS of shout/greet is "t", indel 8 of 46
+    assert line == '        return "hello " + other + " from " + self.name' and sim == pytest.approx(100 * (1 - 8 / 46), abs=1e-4)
+    assert retrieval.continuation(CODE[:cursor] + "        return ") == ('"hello " + other + " from " + self.name', sim)
+    assert retrieval.continuation(CODE[:cursor] + "        x") == ("", sim)  # typed text disagrees
+    assert retrieval.retrieve("x = 1\n") == ("", 0.0)
+    net = causal_net(bpe.vocab_size, seed=3)
+    newline = [i for i in range(bpe.vocab_size) if bpe.decode([i]).startswith("\n")]
+    for context in (256, 40):
+        comp = Completer(NeuralLM(net), bpe, context)
+        prompt = comp.prompt(CODE[:cursor])
+        got = retrieval.line_logprobs(comp, [prompt, prompt], [line, ""])
+        for (score, n), text in zip(got, (line, ""), strict=True):
+            ids = list(map(int, bpe.encode(prompt.healed + text)))  # the healed token is always scored
+            keep = context - len(ids) - 1
+            ctx = [bpe.bos_id, *prompt.ids[1:][-keep:]]
+            lm = NeuralLM(net)
+            logp = lm.start([ctx]).log_softmax(-1)[0]
+            ref = 0.0
+            for t in ids:
+                ref += float(logp[t])
+                logp = lm.step(torch.tensor([t])).log_softmax(-1)[0]
+            ref += float(torch.logsumexp(logp[newline], 0))
+            assert n == len(ids) and score == pytest.approx(ref, abs=1e-3) and len(ctx) + n <= context
+        assert got[1][1] == 1 and got[0][0] < got[1][0]  # a whole line is less likely than ending at once
+
+
+def test_retrieval_gate_fits_decides_and_round_trips(tmp_path):
+    from code_fm.retrieval import FEATURES, GATE_FILE, RetrievalGate
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, len(FEATURES))) * 10 + 50
+    gain = (X[:, 0] - 50) * 2 - (X[:, 7] - 50) + rng.normal(size=300)  # similarity for, agreement against
+    gate = RetrievalGate.fit(X, gain)
+    truth = (X[:, 0] - 50) * 2 - (X[:, 7] - 50) > 0
+    assert (gate.take_retrieved(X) == truth).mean() > 0.95
+    again = RetrievalGate.load(gate.save(tmp_path).parent)
+    assert np.array_equal(again.take_retrieved(X), gate.take_retrieved(X)) and again.fitted_on == 300
+    spec = json.loads((tmp_path / GATE_FILE).read_text())
+    (tmp_path / GATE_FILE).write_text(json.dumps({**spec, "features": ["other"]}))
+    with pytest.raises(ValueError, match="features"):
+        RetrievalGate.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no retrieval_gate.json"):
+        RetrievalGate.load(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match=">= 10 rows"):
+        RetrievalGate.fit(X[:5], gain[:5])
+
+
 def test_code_quick_experiment_selects_whole_identifier_span_masking(compose):
     from hydra.utils import instantiate
 
@@ -259,6 +312,9 @@ def test_code_quick_experiment_selects_whole_identifier_span_masking(compose):
     strategy = instantiate(cfg.data.masking)
     assert isinstance(strategy, SpanMasking) and strategy.whole_words and strategy.mask_prob == 0.15
     assert cfg.model.size == "mini" and cfg.data._target_.endswith("ShardDataModule")
+    pypi = compose(["experiment=code_pypi"])  # code_quick's recipe on the larger pre-training corpus
+    assert pypi.data.dir == "data/code_pypi" and pypi.data.masking == cfg.data.masking and pypi.model == cfg.model
+    assert pypi.trainer.max_steps == 10000 and pypi.trainer.limit_val_batches == 60
 
 
 @pytest.mark.slow
@@ -299,3 +355,12 @@ def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
     assert metrics["model/fim_val_loss"] < np.log(tok.vocab_size)  # it learned something
     assert "system" in capsys.readouterr().out  # the printed table
     assert main(["--checkpoint", metrics["export"], "--file", str(src / "heapq.py"), "--line", "5"]) == 0
+    # retrieval-augmented systems: scored beside the others, the model's gate exported for fm-complete
+    for system in ("model+retrieval", "random_init+retrieval"):
+        assert 0 <= on_disk[f"line/edit_sim/{system}"] <= 100 and 0 <= on_disk[f"retrieval/taken/{system.split('+')[0]}"] <= 100
+    assert on_disk["data/gate_prompts"] > 0 and (Path(metrics["export"]) / "retrieval_gate.json").is_file()
+    capsys.readouterr()
+    assert main(["--checkpoint", metrics["export"], "--file", str(src / "heapq.py"), "--line", "9", "--column", "0",
+                 "--retrieval"]) == 0
+    assert main(["--checkpoint", metrics["export"], "--mode", "block", "--retrieval", "--file", str(src / "heapq.py")]) == 2
+    assert "--retrieval works in --mode line" in capsys.readouterr().err
