@@ -24,6 +24,8 @@ from rapidfuzz import fuzz
 
 from code_fm.retrieval import retrieve
 
+LINE_TOKENS = 48  # new-token budget of a line completion
+
 
 @dataclass
 class LineCase:
@@ -119,7 +121,7 @@ def greedy(completer: Any, prompts: list[Any], mode: str, budget: int, batch_siz
 
 
 def evaluate_system(completer: Any, lines: list[LineCase], fims: list[LineCase], funcs: list[FunctionCase],
-                    *, batch_size: int = 32, line_tokens: int = 48, block_tokens: int = 128,
+                    *, batch_size: int = 32, line_tokens: int = LINE_TOKENS, block_tokens: int = 128,
                     progress: Any = None, line_preds: list[str] | None = None) -> dict[str, float]:
     """Greedy completions of every case by ``completer`` (a ``code_fm.complete.Completer``); the line
     completions are appended to ``line_preds`` when given."""

@@ -228,11 +228,9 @@ def stage_split(tmp: Path, cfg: CodePrepConfig, files: list[dict[str, Any]]) -> 
 
 def stage_tokenizer(tmp: Path, cfg: CodePrepConfig, files: list[dict[str, Any]], split: np.ndarray) -> dict[str, Any]:
     from code_fm.bpe import train_bpe
-    from fm_core.shards import save_tokenizer
+    from fm_core.shards import load_tokenizer, save_tokenizer
 
     if cfg.tokenizer:
-        from fm_core.shards import load_tokenizer
-
         tok = load_tokenizer(cfg.tokenizer)
         if not hasattr(tok, "fim_middle_id"):
             raise ValueError(f"--tokenizer {cfg.tokenizer}: not a code BPE tokenizer ({tok.to_dict().get('kind')})")

@@ -129,7 +129,7 @@ class CodeCompletionTask:
     def with_retrieval(self, completer: Completer, gate_cases: list[ev.LineCase], lines: list[ev.LineCase],
                        preds: list[str]) -> tuple[dict[str, float], RetrievalGate]:
         """Fit the gate on the gate split's prompts, then choose on the evaluation prompts."""
-        own = ev.greedy(completer, [completer.prompt(c.prefix) for c in gate_cases], "line", 48, self.batch_size)
+        own = ev.greedy(completer, [completer.prompt(c.prefix) for c in gate_cases], "line", ev.LINE_TOKENS, self.batch_size)
         gate = retrieval.fit_gate(completer, [c.prefix for c in gate_cases], own, [c.target for c in gate_cases])
         chosen = retrieval.choose(gate, completer, [c.prefix for c in lines], preds)
         out: dict[str, float] = {f"line/{k}": v for k, v in ev.line_scores(chosen, [c.target for c in lines]).items()}
