@@ -91,10 +91,25 @@ def copy_line(prefix: str) -> str:
     return retrieve(prefix)[0]
 
 
+def per_prompt_scores(preds: list[str], targets: list[str]) -> dict[str, np.ndarray]:
+    """Exact match (0/100) and edit similarity (0-100) of every prediction, on stripped lines."""
+    pairs = [(p.strip(), t.strip()) for p, t in zip(preds, targets, strict=True)]
+    return {"exact_match": np.array([100.0 * (p == t) for p, t in pairs]),
+            "edit_sim": np.array([fuzz.ratio(p, t) for p, t in pairs], dtype=float)}
+
+
 def line_scores(preds: list[str], targets: list[str]) -> dict[str, float]:
-    em = [p.strip() == t.strip() for p, t in zip(preds, targets, strict=True)]
-    es = [fuzz.ratio(p.strip(), t.strip()) for p, t in zip(preds, targets, strict=True)]
-    return {"exact_match": 100.0 * float(np.mean(em)), "edit_sim": float(np.mean(es))}
+    return {k: float(v.mean()) for k, v in per_prompt_scores(preds, targets).items()}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean of ``a - b`` over the same prompts and its 95% percentile interval over ``n`` resamples of
+    the prompts (the two systems answered the same prompts, so the pairing removes prompt difficulty)."""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n, len(d)))
+    means = d[idx].mean(1)
+    return {"mean": float(d.mean()), "ci95_low": float(np.percentile(means, 2.5)),
+            "ci95_high": float(np.percentile(means, 97.5))}
 
 
 def parses(header: str, completion: str) -> bool:
@@ -145,8 +160,11 @@ def evaluate_system(completer: Any, lines: list[LineCase], fims: list[LineCase],
     return out
 
 
-def evaluate_copy_line(lines: list[LineCase], fims: list[LineCase]) -> dict[str, float]:
-    out = {f"line/{k}": v for k, v in line_scores([copy_line(c.prefix) for c in lines],
-                                                  [c.target for c in lines]).items()}
+def evaluate_copy_line(lines: list[LineCase], fims: list[LineCase],
+                       line_preds: list[str] | None = None) -> dict[str, float]:
+    preds = [copy_line(c.prefix) for c in lines]
+    if line_preds is not None:
+        line_preds.extend(preds)
+    out = {f"line/{k}": v for k, v in line_scores(preds, [c.target for c in lines]).items()}
     out["fim/exact_match"] = line_scores([copy_line(c.prefix) for c in fims], [c.target for c in fims])["exact_match"]
     return out

@@ -22,6 +22,7 @@ whole file, by a gate fitted on ``gate_prompts`` prompts of the ``valid`` split)
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ class CodeCompletionTask:
                         "data/fim_prompts": len(fims), "data/functions": len(funcs)})
         train = ShardDataset(Path(self.data_dir) / "train")
         ngram = NgramLM(tok.vocab_size, self.ngram_order).fit((train.array(i) for i in range(len(train))), tok.bos_id)
-        results: dict[str, dict[str, float]] = {"copy_line": ev.evaluate_copy_line(lines, fims)}
+        line_preds: dict[str, list[str]] = {"copy_line": []}
+        results: dict[str, dict[str, float]] = {"copy_line": ev.evaluate_copy_line(lines, fims, line_preds["copy_line"])}
         completers = {key: Completer(NeuralLM(model), tok, self.max_length) for key, model in systems.items()}
         completers[f"ngram{self.ngram_order}"] = Completer(ngram, tok, self.max_length)
         gate_cases: list[ev.LineCase] = []
@@ -106,12 +108,13 @@ class CodeCompletionTask:
                                        self.gate_prompts, run.seed + 3)
             metrics["data/gate_prompts"] = len(gate_cases)
         for key, completer in completers.items():
-            preds: list[str] = []
+            preds = line_preds[key] = []
             with tqdm(total=len(lines) + len(fims) + len(funcs), desc=f"evaluate {key}", unit=" prompt") as bar:
                 results[key] = ev.evaluate_system(completer, lines, fims, funcs, batch_size=self.batch_size,
                                                   progress=bar.update, line_preds=preds)
             if gate_cases and key in systems:
-                results[f"{key}+retrieval"], gate = self.with_retrieval(completer, gate_cases, lines, preds)
+                results[f"{key}+retrieval"], gate, line_preds[f"{key}+retrieval"] = self.with_retrieval(
+                    completer, gate_cases, lines, preds)
                 metrics[f"retrieval/taken/{key}"] = results[f"{key}+retrieval"].pop("taken")
                 if key == name:
                     gate.save(export)
@@ -123,18 +126,38 @@ class CodeCompletionTask:
                 best = max((results[k][metric] for k in ours if metric in results[k]), default=float("-inf"))
                 others = [res[metric] for key, res in results.items() if key not in ours and metric in res]
                 metrics[f"beats_baselines/{metric}"] = bool(best > max(others))
+        metrics.update(self.write_line_predictions(Path(run.run_dir), lines, line_preds, run.seed))
         print(table(results))
         return metrics
 
+    @staticmethod
+    def write_line_predictions(run_dir: Path, lines: list[ev.LineCase], preds: dict[str, list[str]],
+                               seed: int) -> dict[str, float]:
+        """Every system's line completions in ``line_predictions.jsonl`` (one prompt per row), and the
+        paired bootstrap of the pre-trained model against its random-init twin on the same prompts
+        (``paired/<metric>/<a>-<b>/{mean,ci95_low,ci95_high}``)."""
+        with open(run_dir / "line_predictions.jsonl", "w") as f:
+            for i, c in enumerate(lines):
+                f.write(json.dumps({"file": c.file, "target": c.target, **{k: v[i] for k, v in preds.items()}}) + "\n")
+        targets = [c.target for c in lines]
+        scores = {k: ev.per_prompt_scores(v, targets) for k, v in preds.items()}
+        out: dict[str, float] = {}
+        for a, b in (("model", "random_init"), ("model+retrieval", "random_init+retrieval")):
+            if a in scores and b in scores:
+                for metric in ("exact_match", "edit_sim"):
+                    boot = ev.paired_bootstrap(scores[a][metric], scores[b][metric], seed=seed)
+                    out.update({f"paired/line/{metric}/{a}-{b}/{k}": v for k, v in boot.items()})
+        return out
+
     def with_retrieval(self, completer: Completer, gate_cases: list[ev.LineCase], lines: list[ev.LineCase],
-                       preds: list[str]) -> tuple[dict[str, float], RetrievalGate]:
+                       preds: list[str]) -> tuple[dict[str, float], RetrievalGate, list[str]]:
         """Fit the gate on the gate split's prompts, then choose on the evaluation prompts."""
         own = ev.greedy(completer, [completer.prompt(c.prefix) for c in gate_cases], "line", ev.LINE_TOKENS, self.batch_size)
         gate = retrieval.fit_gate(completer, [c.prefix for c in gate_cases], own, [c.target for c in gate_cases])
         chosen = retrieval.choose(gate, completer, [c.prefix for c in lines], preds)
         out: dict[str, float] = {f"line/{k}": v for k, v in ev.line_scores(chosen, [c.target for c in lines]).items()}
         out["taken"] = 100.0 * float(np.mean([c != p for c, p in zip(chosen, preds, strict=True)]))
-        return out, gate
+        return out, gate, chosen
 
 
 def table(results: dict[str, dict[str, float]]) -> str:

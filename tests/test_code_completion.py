@@ -167,6 +167,17 @@ def test_copy_line_metrics_and_block_end():
     assert block_end("def f(x):", "\n    y = 1\n    ret") is None
 
 
+def test_paired_bootstrap_of_two_systems_on_the_same_prompts():
+    per = ev.per_prompt_scores(["return x", "foo", "a"], ["return x", "bar", "ab"])
+    assert per["exact_match"].tolist() == [100.0, 0.0, 0.0] and per["edit_sim"][2] == pytest.approx(100 * 2 / 3)
+    a, b = np.array([100.0, 0, 100, 0]), np.array([0.0, 0, 100, 0])
+    boot = ev.paired_bootstrap(a, b, n=4000, seed=1)
+    assert boot["mean"] == 25.0 and 0.0 <= boot["ci95_low"] < 25.0 < boot["ci95_high"] <= 100.0
+    assert boot["ci95_low"] == 0.0  # a resample without prompt 0 has no difference
+    same = ev.paired_bootstrap(a + 5, a)  # a constant gain of 5 points: no spread at all
+    assert same == {"mean": 5.0, "ci95_low": 5.0, "ci95_high": 5.0}
+
+
 def test_line_and_function_cases_are_golden():
     texts = [CODE]
     cases = ev.line_cases(texts, 100, seed=0)
@@ -362,5 +373,15 @@ def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
     capsys.readouterr()
     assert main(["--checkpoint", metrics["export"], "--file", str(src / "heapq.py"), "--line", "9", "--column", "0",
                  "--retrieval"]) == 0
+    # every system's line completions, and the paired comparison of the twins on the same prompts
+    rows = [json.loads(x) for x in (tmp_path / "ft" / "line_predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and [r["target"] for r in rows] == [c.target for c in cases]
+    assert [r["copy_line"] for r in rows] == [ev.copy_line(c.prefix) for c in cases]
+    assert ev.line_scores([r["model"] for r in rows], [c.target for c in cases])["edit_sim"] == pytest.approx(
+        on_disk["line/edit_sim/model"])
+    for a, b in (("model", "random_init"), ("model+retrieval", "random_init+retrieval")):
+        key = f"paired/line/edit_sim/{a}-{b}"
+        assert on_disk[f"{key}/mean"] == pytest.approx(on_disk[f"line/edit_sim/{a}"] - on_disk[f"line/edit_sim/{b}"])
+        assert on_disk[f"{key}/ci95_low"] <= on_disk[f"{key}/mean"] <= on_disk[f"{key}/ci95_high"]
     assert main(["--checkpoint", metrics["export"], "--mode", "block", "--retrieval", "--file", str(src / "heapq.py")]) == 2
     assert "--retrieval works in --mode line" in capsys.readouterr().err
