@@ -32,11 +32,10 @@ import torch
 from tqdm import tqdm
 
 from code_fm import evaluate as ev
-from code_fm import retrieval
 from code_fm.complete import Completer
 from code_fm.fim import FIMDataModule
 from code_fm.ngram import NgramLM
-from code_fm.retrieval import RetrievalGate
+from code_fm.retrieval import RetrievalGate, choose, fit_gate
 from fm_core.causal_lm import CausalLMModule, NeuralLM
 from fm_core.checkpoint import save_pretrained
 from fm_core.finetune import FinetuneRun
@@ -153,8 +152,8 @@ class CodeCompletionTask:
                        preds: list[str]) -> tuple[dict[str, float], RetrievalGate, list[str]]:
         """Fit the gate on the gate split's prompts, then choose on the evaluation prompts."""
         own = ev.greedy(completer, [completer.prompt(c.prefix) for c in gate_cases], "line", ev.LINE_TOKENS, self.batch_size)
-        gate = retrieval.fit_gate(completer, [c.prefix for c in gate_cases], own, [c.target for c in gate_cases])
-        chosen = retrieval.choose(gate, completer, [c.prefix for c in lines], preds)
+        gate = fit_gate(completer, [c.prefix for c in gate_cases], own, [c.target for c in gate_cases])
+        chosen = choose(gate, completer, [c.prefix for c in lines], preds)
         out: dict[str, float] = {f"line/{k}": v for k, v in ev.line_scores(chosen, [c.target for c in lines]).items()}
         out["taken"] = 100.0 * float(np.mean([c != p for c, p in zip(chosen, preds, strict=True)]))
         return out, gate, chosen
