@@ -29,9 +29,9 @@ import torch
 from omegaconf import OmegaConf
 
 from chem_fm.features import BackboneFeatures, DescriptorFeatures, MorganFeatures
-from chem_fm.heads import HeadConfig, fit_mlp, predict
-from chem_fm.metrics import mean_std, property_metrics
-from tasks.drug_property import SPLITS, load_dataset, rf_baseline
+from tasks.drug_property.heads import HeadConfig, fit_mlp, predict
+from tasks.drug_property.metrics import mean_std, property_metrics
+from tasks.drug_property.task import SPLITS, load_dataset, rf_baseline
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 DATASETS = ("freesolv", "b3db_regression", "solubility", "qm9_gap", "b3db_classification")

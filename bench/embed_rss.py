@@ -49,8 +49,8 @@ def micro_model(directory: Path) -> Path:
     import torch
 
     from bio_fm.alphabet import ProteinAlphabet
-    from fm_core.checkpoint import save_pretrained
     from fm_core.config import EncoderConfig
+    from fm_core.export import save_pretrained
     from fm_core.model import MaskedLM
 
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(version_base="1.3", config_path="pkg://fm_core.conf", config_name="protein_score")
+@hydra.main(version_base="1.3", config_path="pkg://fm_conf", config_name="protein_score")
 def protein_score(cfg: DictConfig) -> None:
     from bio_fm.scoring import score
 

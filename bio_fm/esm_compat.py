@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from bio_fm.alphabet import ProteinAlphabet
-from fm_core.checkpoint import CheckpointError, ForeignFormat, register_format, safe_torch_load
+from fm_core.checkpoint import CheckpointError, safe_torch_load
 from fm_core.config import SIZES, EncoderConfig
+from fm_core.export import ForeignFormat, register_format
 from fm_core.model import MaskedLM, RotaryEmbedding
 from fm_core.tokenizer import Tokenizer
 

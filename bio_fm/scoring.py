@@ -101,7 +101,7 @@ def score(cfg: Any) -> dict[str, Any]:
     from hydra.utils import instantiate
     from tqdm.auto import tqdm
 
-    from fm_core.checkpoint import load_pretrained
+    from fm_core.export import load_pretrained
     from fm_core.train import write_metrics
 
     if cfg.get("threads"):

@@ -139,7 +139,7 @@ class BackboneFeatures:
 
     def _load(self):
         if self._net is None:
-            from fm_core.checkpoint import load_pretrained
+            from fm_core.export import load_pretrained
 
             self.bind(None)
             self._net, self._tok = load_pretrained(self.init_from)

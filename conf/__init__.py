@@ -1,1 +1,1 @@
-"""Hydra configuration tree, installed as the package ``fm_core.conf``."""
+"""Hydra configuration tree: its own package, ``fm_conf`` (the directory conf/ of the repository)."""

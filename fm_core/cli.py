@@ -14,19 +14,19 @@ os.environ.setdefault("WANDB_SILENT", "true")
 from fm_core.train import train  # noqa: E402
 
 
-@hydra.main(version_base="1.3", config_path="pkg://fm_core.conf", config_name="pretrain")
+@hydra.main(version_base="1.3", config_path="pkg://fm_conf", config_name="pretrain")
 def pretrain(cfg: DictConfig) -> None:
     train(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://fm_core.conf", config_name="embed")
+@hydra.main(version_base="1.3", config_path="pkg://fm_conf", config_name="embed")
 def embed(cfg: DictConfig) -> None:
     from fm_core.embed import embed as run
 
     run(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://fm_core.conf", config_name="finetune")
+@hydra.main(version_base="1.3", config_path="pkg://fm_conf", config_name="finetune")
 def finetune(cfg: DictConfig) -> None:
     from fm_core.finetune import finetune as run
 

@@ -460,7 +460,7 @@ def embed(cfg: Any) -> dict[str, Any]:
     ``metrics.json`` into ``cfg.out``; rerunning the same command resumes an interrupted job."""
     from hydra.utils import instantiate
 
-    from fm_core.checkpoint import load_pretrained
+    from fm_core.export import load_pretrained
     from fm_core.train import write_metrics
 
     if cfg.get("threads"):

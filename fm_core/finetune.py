@@ -8,7 +8,7 @@ closing W&B. A task is any object with ``run(run: FinetuneRun) -> dict[str, floa
 
     # conf/task/contacts.yaml
     name: contacts
-    _target_: tasks.contacts.ContactTask
+    _target_: tasks.contacts.task.ContactTask
     max_train_chains: 20
 """
 

@@ -379,7 +379,7 @@ def build_model(size: str | None, tokenizer: Any, init_from: str | None = None, 
     an explicit size that disagrees with it is an error.
     """
     if init_from:
-        from fm_core.checkpoint import init_from_checkpoint
+        from fm_core.export import init_from_checkpoint
 
         return init_from_checkpoint(init_from, tokenizer, size=size, **overrides)
     if size is None:

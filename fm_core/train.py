@@ -16,7 +16,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from fm_core.checkpoint import find_resume_checkpoint, save_pretrained, verify_checkpoint
+from fm_core.checkpoint import find_resume_checkpoint, verify_checkpoint
+from fm_core.export import save_pretrained
 
 log = logging.getLogger(__name__)
 

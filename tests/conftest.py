@@ -50,7 +50,7 @@ def compose():
     from hydra import initialize_config_module
 
     def make(overrides: list[str], config_name: str = "pretrain"):
-        with initialize_config_module("fm_core.conf", version_base="1.3"):
+        with initialize_config_module("fm_conf", version_base="1.3"):
             return hydra_compose(config_name, overrides=overrides)
 
     return make

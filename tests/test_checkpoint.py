@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from fm_core.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from fm_core.checkpoint import CheckpointError
 from fm_core.config import EncoderConfig
+from fm_core.export import load_pretrained, save_pretrained
 from fm_core.model import MaskedLM
 
 

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from code_fm import evaluate as ev
-from code_fm.complete import Completer, CompletionError, block_end, decode_source, main
 from code_fm.fim import FIMCollator
-from code_fm.ngram import NgramLM
 from fm_core.causal_lm import NeuralLM, generate, top_p_filter
-from fm_core.checkpoint import save_pretrained
 from fm_core.config import EncoderConfig
+from fm_core.export import save_pretrained
 from fm_core.masking import IGNORE, MaskingConfig, SpanMasking, mask_tokens
 from fm_core.model import MaskedLM
+from tasks.code_completion import evaluate as ev
+from tasks.code_completion.complete import Completer, CompletionError, block_end, decode_source, main
+from tasks.code_completion.ngram import NgramLM
 
 CODE = '''import os
 
@@ -266,7 +266,7 @@ def test_fm_complete_cli_errors_and_completion(bpe, tmp_path, capsys, monkeypatc
 def test_retrieval_finds_the_line_and_scores_it_like_the_decoder(bpe):
     """The retrieved line (golden), and line_logprobs equal to token-by-token scoring through the
     KV-cache decoder, with and without cutting the prompt to fit the context."""
-    from code_fm import retrieval
+    from tasks.code_completion import retrieval
 
     cursor = CODE.index("        return self.greet")
     line, sim = retrieval.retrieve(CODE[:cursor])  # "def shout(self, other):" ~ "def greet(...)": LCS of shout/greet is "t", indel 8 of 46
@@ -296,7 +296,7 @@ def test_retrieval_finds_the_line_and_scores_it_like_the_decoder(bpe):
 
 
 def test_retrieval_gate_fits_decides_and_round_trips(tmp_path):
-    from code_fm.retrieval import FEATURES, GATE_FILE, RetrievalGate
+    from tasks.code_completion.retrieval import FEATURES, GATE_FILE, RetrievalGate
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, len(FEATURES))) * 10 + 50
@@ -354,8 +354,8 @@ def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
     for system in ("model", "random_init", "ngram3", "copy_line"):
         assert 0 <= on_disk[f"line/exact_match/{system}"] <= 100 and 0 <= on_disk[f"line/edit_sim/{system}"] <= 100
     # copy-line is deterministic: the task's figure equals a direct computation on the same cases
-    from code_fm import evaluate as ev
     from fm_core.shards import ShardDataset, load_tokenizer
+    from tasks.code_completion import evaluate as ev
 
     tok = load_tokenizer(data)
     test = ShardDataset(data / "test")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fm_core.checkpoint import load_pretrained
 from fm_core.data import TokenBudgetBatchSampler
+from fm_core.export import load_pretrained
 from fm_core.train import train
 
 MAX_TOKENS, MAX_LENGTH = 2048, 192
@@ -47,7 +47,7 @@ def runs(tmp_path_factory, valid_records):
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     single_dir = tmp / "single"
-    with initialize_config_module("fm_core.conf", version_base="1.3"):
+    with initialize_config_module("fm_conf", version_base="1.3"):
         cfg = compose("pretrain", overrides=[*common, "trainer.accumulate_grad_batches=2",
                                              f"paths.run_dir={single_dir}"])
     threads = torch.get_num_threads()

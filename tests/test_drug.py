@@ -14,12 +14,12 @@ from rdkit import Chem
 from rdkit.Chem import Descriptors, rdFingerprintGenerator
 
 from chem_fm.features import DescriptorFeatures, MorganFeatures
-from chem_fm.score import main as fm_score
-from chem_fm.score import score_file
-from chem_fm.scorer import Scorer
 from chem_fm.smiles import SmilesTokenizer, smiles_dataset
 from fm_core.finetune import finetune
 from fm_core.tokenizer import InvalidRecordError, tokenizer_from_dict
+from tasks.drug_property.score import main as fm_score
+from tasks.drug_property.score import score_file
+from tasks.drug_property.scorer import Scorer
 
 DATA = Path(__file__).parent / "data" / "molecules"
 
@@ -150,7 +150,7 @@ def test_backbone_features_pool_real_tokens_independent_of_batching(tmp_path):
     import torch
 
     from chem_fm.features import BackboneFeatures
-    from fm_core.checkpoint import save_pretrained
+    from fm_core.export import save_pretrained
     from fm_core.model import build_model
 
     tok = SmilesTokenizer()

@@ -20,8 +20,9 @@ from bio_fm.esm_compat import (
     save_esm2_checkpoint,
     to_esm2_module,
 )
-from fm_core.checkpoint import CheckpointError, load_pretrained, save_pretrained
+from fm_core.checkpoint import CheckpointError
 from fm_core.config import EncoderConfig
+from fm_core.export import load_pretrained, save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hydra.core.config_store import ConfigStore
 
-from fm_core.checkpoint import save_pretrained
+from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun, finetune
 from fm_core.model import build_model
 

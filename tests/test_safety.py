@@ -13,14 +13,8 @@ import pytest
 import torch
 
 from bio_fm.esm_compat import load_esm2_checkpoint
-from fm_core.checkpoint import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    atomic_torch_save,
-    init_from_checkpoint,
-    load_pretrained,
-    safe_torch_load,
-)
+from fm_core.checkpoint import AtomicCheckpointIO, CheckpointError, atomic_torch_save, safe_torch_load
+from fm_core.export import init_from_checkpoint, load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fm_core", "bio_fm", "code_fm", "tasks", "data_prep", "bench")

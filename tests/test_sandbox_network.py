@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fm_core.sandbox import run_untrusted, syntax_error
+from code_fm.sandbox import run_untrusted, syntax_error
 
 FM_PRETRAIN = str(Path(sys.executable).with_name("fm-pretrain"))
 

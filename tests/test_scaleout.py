@@ -21,7 +21,7 @@ def test_slurm_launcher_follows_trainer_shape():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    with initialize_config_module("fm_core.conf", version_base="1.3"):
+    with initialize_config_module("fm_conf", version_base="1.3"):
         cfg = hydra_compose("pretrain", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
                                                    "trainer.num_nodes=2"], return_hydra_config=True)
     launcher = cfg.hydra.launcher

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.structure_metrics import accuracies, contact_precisions, mean_precisions, separation_prior_scores
+from tasks.structure.metrics import accuracies, contact_precisions, mean_precisions, separation_prior_scores
 
 
 def test_contact_precision_hand_computed():
@@ -64,7 +64,7 @@ def test_q3_q8_hand_computed():
 def test_contact_regression_recovers_a_planted_signal(alphabet):
     """The ESM recipe on attention features: when one head's APC map is the contact map, the L1
     fit keeps that head and the backbone's contact head then ranks true contacts first."""
-    from tasks.contacts import pair_training_set
+    from tasks.contacts.task import pair_training_set
 
     rng = np.random.default_rng(0)
     L, C = 50, 6
@@ -82,7 +82,7 @@ def test_contact_regression_recovers_a_planted_signal(alphabet):
 
 @pytest.fixture(scope="module")
 def structures(tmp_path_factory):
-    from tasks.structure_data import prepare_slice
+    from tasks.structure.data import prepare_slice
 
     return prepare_slice(tmp_path_factory.mktemp("structures"), cluster_steps=1, test_fraction=0.3,
                          valid_fraction=0.05)
@@ -94,10 +94,10 @@ def _common(tmp_path, structures, task, extra=()):
 
 
 def test_contacts_task_end_to_end(compose, structures, tmp_path, alphabet):
-    from fm_core.checkpoint import load_pretrained
+    from fm_core.export import load_pretrained
     from fm_core.finetune import finetune
-    from tasks.predict_structure import predict
-    from tasks.structure_data import load_split
+    from tasks.structure.data import load_split
+    from tasks.structure.predict import predict
 
     test = load_split(structures, "test", 12, seed=0)
     # a pre-training corpus that holds three of the test chains: they must be found and excluded
@@ -128,8 +128,8 @@ def test_contacts_task_end_to_end(compose, structures, tmp_path, alphabet):
     summary = predict(str(tmp_path / "run" / "export"), str(fasta), str(tmp_path / "pred"), heads=[], png=False)
     assert summary["read"] == summary["predicted"] == 1 and summary["contacts"] == "supervised head"
     probs = np.load(tmp_path / "pred" / f"{test[0].id}.contacts.npy")
-    from tasks.contacts import pair_head_scorer
-    from tasks.structure_heads import ContactModule, load_head
+    from tasks.contacts.task import pair_head_scorer
+    from tasks.structure.heads import ContactModule, load_head
 
     head, _ = load_head(tmp_path / "run" / "export" / "heads" / "contacts.json")
     expected = pair_head_scorer(ContactModule(net, head), tok)(test[0])
@@ -139,9 +139,9 @@ def test_contacts_task_end_to_end(compose, structures, tmp_path, alphabet):
 
 def test_secondary_structure_task_and_prediction(compose, structures, tmp_path):
     from fm_core.finetune import finetune
-    from tasks.predict_structure import predict
-    from tasks.secondary_structure import propensity_table
-    from tasks.structure_data import load_split
+    from tasks.secondary_structure.task import propensity_table
+    from tasks.structure.data import load_split
+    from tasks.structure.predict import predict
 
     test = load_split(structures, "test", 12, seed=0)
     corpus = tmp_path / "corpus.fa"  # a small pre-training corpus keeps the MMseqs2 search short
@@ -179,7 +179,7 @@ def test_secondary_structure_task_and_prediction(compose, structures, tmp_path):
 
 def test_contact_module_freezes_or_finetunes_the_backbone(alphabet):
     from fm_core.model import build_model
-    from tasks.structure_heads import ContactDataset, ContactModule, PairHead
+    from tasks.structure.heads import ContactDataset, ContactModule, PairHead
 
     rng = np.random.default_rng(0)
     seq = rng.integers(4, 24, size=40)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fm_core.checkpoint import load_pretrained
+from fm_core.export import load_pretrained
 from fm_core.train import train
 
 # tiny model, real UniProt slice, about a minute on 2 CPU cores
@@ -18,7 +18,7 @@ def quick_run(tmp_path_factory):
     from hydra import compose, initialize_config_module
 
     run_dir = tmp_path_factory.mktemp("pretrain")
-    with initialize_config_module("fm_core.conf", version_base="1.3"):
+    with initialize_config_module("fm_conf", version_base="1.3"):
         cfg = compose("pretrain", overrides=[*QUICK, f"paths.run_dir={run_dir}"])
     return run_dir, cfg, train(cfg)
 
@@ -71,7 +71,7 @@ def test_init_from_continues_pre_training(quick_run, tmp_path):
     from hydra import compose, initialize_config_module
 
     run_dir, _, metrics = quick_run
-    with initialize_config_module("fm_core.conf", version_base="1.3"):
+    with initialize_config_module("fm_conf", version_base="1.3"):
         cfg = compose("pretrain", overrides=[*QUICK, "model=from_checkpoint", f"model.init_from={run_dir / 'export'}",
                                              "model.max_length=256", "trainer.max_steps=10",
                                              "trainer.val_check_interval=10", "logger=csv", f"paths.run_dir={tmp_path}"])

@@ -64,7 +64,7 @@ def score_file(scorer_dir: str | Path, input_path: str | Path, out_path: str | P
                smiles_column: str | None = None, largest_fragment: bool = False) -> dict[str, Any]:
     from rdkit import Chem, RDLogger
 
-    from chem_fm.scorer import Scorer
+    from tasks.drug_property.scorer import Scorer
 
     RDLogger.DisableLog("rdApp.*")
     scorer = Scorer.load(scorer_dir)

@@ -12,7 +12,7 @@ Methods, all on the same test chains, one run:
   backbone of the same shape; ``random`` scores and the ``separation_prior`` (closer in sequence
   ranks first).
 
-Metrics: precision at L, L/2, L/5 for short / medium / long range (``tasks.structure_metrics``) on
+Metrics: precision at L, L/2, L/5 for short / medium / long range (``tasks.structure.metrics``) on
 every test chain (``test/<method>/long_P@L5``), on the chains without an MMseqs2 hit in train
 (``test_no_train_hit/...``) and without a >= 50%-identity hit in the pre-training corpus
 (``test_no_pretrain_hit/...``). Contact = C-beta distance < 8 A (C-alpha for glycine).
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fm_core.checkpoint import save_pretrained
+from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
-from tasks import structure_data as sd
-from tasks.structure_heads import ContactDataset, ContactModule, PairHead, save_head
-from tasks.structure_metrics import (
+from tasks.structure import data as sd
+from tasks.structure.heads import ContactDataset, ContactModule, PairHead, save_head
+from tasks.structure.metrics import (
     MIN_SEPARATION,
     RANGES,
     contact_precisions,

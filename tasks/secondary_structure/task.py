@@ -12,7 +12,7 @@ training chains (both outputs, 3 and 8 states, in one head), all scored on the s
 - ``propensity``: each amino acid's most frequent state in the training chains.
 
 Metrics: ``<subset>/<method>/Q3``, ``.../Q8`` (per residue), ``.../Q3_per_chain``, ``.../Q8_per_chain``
-for the subsets of ``tasks.structure_data.subsets``.
+for the subsets of ``tasks.structure.data.subsets``.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ import torch
 from tqdm.auto import tqdm
 
 from bio_fm.structure import DSSP8, SS3
-from fm_core.checkpoint import save_pretrained
+from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
-from tasks import structure_data as sd
-from tasks.structure_heads import ResidueDataset, ResidueModule, WindowHead, save_head
-from tasks.structure_metrics import accuracies
+from tasks.structure import data as sd
+from tasks.structure.heads import ResidueDataset, ResidueModule, WindowHead, save_head
+from tasks.structure.metrics import accuracies
 
 log = logging.getLogger(__name__)
 Features = Callable[[sd.Chain], np.ndarray]

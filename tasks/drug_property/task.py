@@ -21,11 +21,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from chem_fm.features import MorganFeatures, featurize
-from chem_fm.heads import HeadConfig, fit_mlp, predict
-from chem_fm.metrics import mean_std, property_metrics
-from chem_fm.scorer import Scorer, build_features
 from fm_core.finetune import FinetuneRun
 from fm_core.plots import save_figure
+from tasks.drug_property.heads import HeadConfig, fit_mlp, predict
+from tasks.drug_property.metrics import mean_std, property_metrics
+from tasks.drug_property.scorer import Scorer, build_features
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")

@@ -31,12 +31,12 @@ import torch
 
 from bio_fm.fasta import iter_fasta
 from bio_fm.structure import DSSP8, SS3
-from fm_core.checkpoint import load_pretrained
+from fm_core.export import load_pretrained
 from fm_core.plots import save_figure
 from fm_core.tokenizer import InvalidRecordError
-from tasks.secondary_structure import predict_states, states_to_string
-from tasks.structure_data import Chain, backbone_features
-from tasks.structure_heads import ContactModule, load_head
+from tasks.secondary_structure.task import predict_states, states_to_string
+from tasks.structure.data import Chain, backbone_features
+from tasks.structure.heads import ContactModule, load_head
 
 
 def find_heads(checkpoint: Path, extra: list[str]) -> dict[str, tuple[torch.nn.Module, dict]]:

@@ -14,7 +14,7 @@ train split, and the copy-line heuristic. The adapted model is exported to ``<ru
 for ``fm-complete``.
 
 With ``retrieval=true`` each neural system is also scored as retrieval-augmented line completion
-(``code_fm.retrieval``: the model picks between its own line and the copy-line retrieval from the
+(``tasks.code_completion.retrieval``: the model picks between its own line and the copy-line retrieval from the
 whole file, by a gate fitted on ``gate_prompts`` prompts of the ``valid`` split), reported as
 ``model+retrieval`` and ``random_init+retrieval``; the model's gate is exported beside its weights.
 """
@@ -31,16 +31,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from code_fm import evaluate as ev
-from code_fm.complete import Completer
 from code_fm.fim import FIMDataModule
-from code_fm.ngram import NgramLM
-from code_fm.retrieval import RetrievalGate, choose, fit_gate
 from fm_core.causal_lm import CausalLMModule, NeuralLM
-from fm_core.checkpoint import save_pretrained
+from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.schedules import warmup_decay
 from fm_core.shards import ShardDataset, load_tokenizer
+from tasks.code_completion import evaluate as ev
+from tasks.code_completion.complete import Completer
+from tasks.code_completion.ngram import NgramLM
+from tasks.code_completion.retrieval import RetrievalGate, choose, fit_gate
 
 log = logging.getLogger(__name__)
 

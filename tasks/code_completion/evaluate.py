@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from rapidfuzz import fuzz
 
-from code_fm.retrieval import retrieve
+from tasks.code_completion.retrieval import retrieve
 
 LINE_TOKENS = 48  # new-token budget of a line completion
 
@@ -138,7 +138,7 @@ def greedy(completer: Any, prompts: list[Any], mode: str, budget: int, batch_siz
 def evaluate_system(completer: Any, lines: list[LineCase], fims: list[LineCase], funcs: list[FunctionCase],
                     *, batch_size: int = 32, line_tokens: int = LINE_TOKENS, block_tokens: int = 128,
                     progress: Any = None, line_preds: list[str] | None = None) -> dict[str, float]:
-    """Greedy completions of every case by ``completer`` (a ``code_fm.complete.Completer``); the line
+    """Greedy completions of every case by ``completer`` (a ``tasks.code_completion.complete.Completer``); the line
     completions are appended to ``line_preds`` when given."""
     out: dict[str, float] = {}
 

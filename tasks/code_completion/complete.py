@@ -180,7 +180,8 @@ def cursor_offset(text: str, line: int, column: int, where: str) -> int:
 
 def load_completer(checkpoint: str, context: int | None = None) -> tuple[Completer, Any]:
     from fm_core.causal_lm import NeuralLM
-    from fm_core.checkpoint import CheckpointError, load_pretrained
+    from fm_core.checkpoint import CheckpointError
+    from fm_core.export import load_pretrained
 
     if not Path(checkpoint).exists():
         raise CompletionError(f"checkpoint {checkpoint}: no such file or directory")
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=None, help="prompt tokens kept (default: the model's max_length)")
     p.add_argument("--retrieval", action="store_true",
                    help="line mode, greedy: let the model choose between its own line and the line retrieved from "
-                        "earlier in the file (code_fm.retrieval, with the gate the task exported); the text "
+                        "earlier in the file (tasks.code_completion.retrieval, with the gate the task exported); the text "
                         "after the cursor is not used")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                        max_seconds=args.max_seconds)
         if args.retrieval:
-            from code_fm.retrieval import RetrievalGate, choose
+            from tasks.code_completion.retrieval import RetrievalGate, choose
 
             try:
                 gate = RetrievalGate.load(args.checkpoint)

@@ -18,7 +18,7 @@ import numpy as np
 from safetensors.torch import load_file, save_file
 
 from chem_fm.features import featurize
-from chem_fm.heads import MLP, predict
+from tasks.drug_property.heads import MLP, predict
 
 FEATURE_MODULE = "chem_fm.features."
 

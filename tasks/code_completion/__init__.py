@@ -1,0 +1,1 @@
+"""code_completion task."""
