@@ -44,6 +44,7 @@ def real_batches(n_batches: int, max_tokens: int, max_length: int = 1024, seed: 
     evenly spaced quantiles of batch length so their tokens follow the corpus length distribution.
     Returns the same samples (same crops, same masks) collated padded and packed."""
     from fm_core.data import MLMCollator, TokenBudgetBatchSampler
+    from fm_core.masking import MaskingConfig
 
     ds, tok = protein_dataset(split)
     lengths = np.minimum(ds.lengths + 2, max_length)
@@ -51,8 +52,9 @@ def real_batches(n_batches: int, max_tokens: int, max_length: int = 1024, seed: 
     plan = sorted(sampler, key=lambda b: max(lengths[i] for i, _ in b))
     picks = np.linspace(0, len(plan) - 1, n_batches + 2)[1:-1].round().astype(int)
     chosen = [plan[i] for i in picks]
-    padded = MLMCollator(tok, max_length)
-    packed = MLMCollator(tok, max_length, packing=True)
+    bert = MaskingConfig(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1)  # conf/data/uniprot_slice.yaml
+    padded = MLMCollator(tok, max_length, bert)
+    packed = MLMCollator(tok, max_length, bert, packing=True)
     out = {"padded": [padded([ds[k] for k in b]) for b in chosen],
            "packed": [packed([ds[k] for k in b]) for b in chosen], "tokenizer": tok}
     for p, q in zip(out["padded"], out["packed"], strict=True):  # same samples, same masks

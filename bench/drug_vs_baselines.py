@@ -26,9 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from chem_fm.features import BackboneFeatures, DescriptorFeatures, MorganFeatures
+from chem_fm.features import BackboneFeatures
+from data_prep.molecules import MoleculePrepConfig, prepare
+from fm_core.export import load_pretrained
 from tasks.drug_property.heads import HeadConfig, fit_mlp, predict
 from tasks.drug_property.metrics import mean_std, property_metrics
 from tasks.drug_property.task import SPLITS, load_dataset, rf_baseline
@@ -92,6 +95,19 @@ def chemprop_run(kind: str, smiles: dict[str, list[str]], ys: dict[str, np.ndarr
     return {**mean_std(per_seed, "test/"), **mean_std(losses, ""), "epochs": epochs}
 
 
+def read_dataset(name: str, ds: dict, data_dir: str, split: str) -> tuple[dict, dict, dict, dict]:
+    """``fm-prep molecules`` (cached) then the task's reader: (data, SMILES, molecules, labels) per split."""
+    from rdkit import Chem
+
+    prepare(MoleculePrepConfig(source=ds["source"], inputs=ds["inputs"], out=str(Path(data_dir) / name),
+                               largest_fragment=ds["largest_fragment"], on_conflict=ds["on_conflict"],
+                               seed=ds["split_seed"], max_rows=ds["max_rows"]))
+    data = load_dataset(ds, data_dir, split)
+    smiles = {s: list(data["smiles"][data["parts"][s]]) for s in SPLITS}
+    mols = {s: [Chem.MolFromSmiles(x) for x in smiles[s]] for s in SPLITS}
+    return data, smiles, mols, {s: data["y"][data["parts"][s]] for s in SPLITS}
+
+
 def save(result: dict, name: str, entry: dict, out: str) -> None:
     result["datasets"][name] = entry
     Path(out).write_text(json.dumps(result, indent=1))
@@ -135,10 +151,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    from rdkit import Chem
 
     head = HeadConfig(**OmegaConf.to_container(task.head))
-    head.hidden = tuple(head.hidden)
     result: dict[str, Any] = {"split": args.split, "seeds": args.seeds, "chemprop_epochs": args.chemprop_epochs,
                               "rf_trees": args.rf_trees, "head": vars(head) | {"hidden": list(head.hidden)},
                               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), torch threads {args.threads}",
@@ -148,25 +162,20 @@ def main() -> None:
     for name in args.datasets:
         ds = OmegaConf.to_container(OmegaConf.load(CONF / "dataset" / f"{name}.yaml"))
         kind = ds["kind"]
-        data = load_dataset(ds, args.data_dir, args.split)
-        parts, y = data["parts"], data["y"]
-        smiles = {s: list(data["smiles"][parts[s]]) for s in SPLITS}
-        mols = {s: [Chem.MolFromSmiles(x) for x in smiles[s]] for s in SPLITS}
-        ys = {s: y[parts[s]] for s in SPLITS}
+        data, smiles, mols, ys = read_dataset(name, ds, args.data_dir, args.split)
         entry: dict[str, Any] = {**result["datasets"].get(name, {}), "kind": kind, "label": ds["label"],
                                  "split": args.split, **data["info"]}
         print(f"== {name}: {kind}, train/valid/test {len(ys['train'])}/{len(ys['valid'])}/{len(ys['test'])}", flush=True)
         if "rf" in args.methods:
             t = time.perf_counter()
-            entry["rf"] = rf_baseline(kind, mols, ys, args.seeds, n_estimators=args.rf_trees)
+            entry["rf"] = rf_baseline(kind, mols, ys, args.seeds, **{**task.rf_baseline, "n_estimators": args.rf_trees})
             entry["rf"] = {k.replace("rf/", ""): v for k, v in entry["rf"].items()} | {
                 "seconds": time.perf_counter() - t, "seeds": args.seeds, "trees": args.rf_trees}
             print(f"   rf       {entry['rf']['seconds']:.0f}s", flush=True)
             save(result, name, entry, args.out)  # after every method: a stopped run keeps its numbers
         if "ours" in args.methods:
             t = time.perf_counter()
-            choices = {"morgan": lambda: MorganFeatures(radius=2, size=2048, counts=True), "descriptors": DescriptorFeatures}
-            reps = [choices[f]() for f in args.features]
+            reps = [instantiate(task.features[f]) for f in args.features]  # the task's defaults
             for r in reps:
                 r.fit(mols["train"])
             x = {s: np.concatenate([r.transform(mols[s]) for r in reps], axis=1) for s in SPLITS}
@@ -178,7 +187,9 @@ def main() -> None:
             save(result, name, entry, args.out)  # after every method: a stopped run keeps its numbers
             if args.backbone:
                 t = time.perf_counter()
-                bb = BackboneFeatures(args.backbone).fit(mols["train"])
+                bb = BackboneFeatures(layer=-1, batch_size=256)
+                bb.use_backbone(*load_pretrained(args.backbone))
+                bb.fit(mols["train"])
                 xb = {s: np.concatenate([x[s], bb.transform(mols[s])], axis=1) for s in SPLITS}
                 entry["ours+smiles"] = ours(kind, xb, ys, args.seeds, head) | {
                     "seconds": time.perf_counter() - t + feat_s, "seeds": args.seeds, "backbone": args.backbone}

@@ -131,16 +131,16 @@ def main() -> None:
               f"RSS prep {row['prep']['peak_rss_mb']:.0f} MB seqio {row['seqio']['peak_rss_mb']:.0f} MB", flush=True)
     linearity(results)
     # MMseqs2, reported separately, on the smallest input
-    from data_prep import common
+    from bio_fm import mmseqs
 
     fa = work / f"first{args.sizes[0]}.fa"
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    common.mmseqs_cluster(fa, Path(tempfile.mkdtemp(dir=work)), identity=0.5, coverage=0.8)
+    mmseqs.mmseqs_cluster(fa, Path(tempfile.mkdtemp(dir=work)), identity=0.5, coverage=0.8)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     results["mmseqs_cluster_smallest"] = {"records": args.sizes[0], "wall_s": time.perf_counter() - t0,
                                           "cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime),
-                                          "version": common.mmseqs_version()}
+                                          "version": mmseqs.mmseqs_version()}
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results, args.out)
 

@@ -1,5 +1,6 @@
 """bio_fm: protein specifics (ESM-compatible alphabet, FASTA data, fair-esm interoperability,
-embeddings and scoring). Importing it registers the fair-esm ESM-2 checkpoint format with
-``fm_core.export.load_pretrained``."""
+the ESM contact head, embeddings and scoring). Importing it registers the protein alphabet, the
+ESM contact head and the fair-esm ESM-2 checkpoint format with ``fm_core.registry`` (an
+``fm_toolkit.plugins`` entry point, so ``fm_core`` finds them when a file names them)."""
 
-from bio_fm import esm_compat  # noqa: F401  (registers the fair-esm ESM-2 format)
+from bio_fm import alphabet, contact, esm_compat  # noqa: F401  (register the tokenizer, head and format)

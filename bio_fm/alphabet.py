@@ -88,6 +88,10 @@ class ProteinAlphabet(TokenizerBase):
             offset += len(piece)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
 
+    def encoder_defaults(self) -> dict[str, Any]:
+        """Protein convention (ESM-2): token dropout, <mask> embeddings zeroed and rescaled."""
+        return {"token_dropout": True}
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "module": __name__, "tokens": self.tokens}
 

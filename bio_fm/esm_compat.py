@@ -4,7 +4,8 @@ into ``fm_core.model.MaskedLM``, and export ours back to files ``esm.pretrained`
 File layout (read off ``esm.pretrained.load_model_and_alphabet_local`` / ``_core_v2``): a fairseq
 checkpoint ``{"model": state dict, "cfg": {"model": <fields>, ...}, ...}`` whose keys carry the
 prefixes ``encoder.sentence_encoder.`` (body) and ``encoder.`` (LM head); the contact regression
-lives in a co-located ``<stem>-contact-regression.pt`` (``{"model": {"contact_head.regression.*"}}``).
+lives in a co-located ``<stem>-contact-regression.pt`` (``{"model": {"contact_head.regression.*"}}``);
+ours is the ESM contact head ``heads.contact`` (``bio_fm.contact``), which every import carries.
 fair-esm selects its ESM-2 loader by the file name (it must start with ``esm2``) and reads the
 shape from ``cfg["model"].encoder_layers / encoder_embed_dim / encoder_attention_heads /
 token_dropout``. In the released files ``cfg["model"]`` is an ``argparse.Namespace``, which
@@ -27,9 +28,10 @@ import torch
 from torch import Tensor
 
 from bio_fm.alphabet import ProteinAlphabet
+from bio_fm.contact import HEAD_NAME, ContactHead, attach_contact_head
 from fm_core.checkpoint import CheckpointError, safe_torch_load
 from fm_core.config import SIZES, EncoderConfig
-from fm_core.export import ForeignFormat, register_format
+from fm_core.export import Checkpoint, ForeignFormat, build, register_format
 from fm_core.model import MaskedLM, RotaryEmbedding
 from fm_core.tokenizer import Tokenizer
 
@@ -68,12 +70,13 @@ _TOP_PAIRS = (
     ("lm_head.norm.weight", "lm_head.layer_norm.weight"),
     ("lm_head.norm.bias", "lm_head.layer_norm.bias"),
     ("lm_head.bias", "lm_head.bias"),
-    ("contact_head.regression.weight", "contact_head.regression.weight"),
-    ("contact_head.regression.bias", "contact_head.regression.bias"),
+    (f"heads.{HEAD_NAME}.regression.weight", "contact_head.regression.weight"),
+    (f"heads.{HEAD_NAME}.regression.bias", "contact_head.regression.bias"),
 )
 QKV = ("q_proj", "k_proj", "v_proj")  # fused in this order into attn.qkv
 TIED = "lm_head.weight"  # fair-esm's tied projection: the token embedding again
-CONTACT = ("contact_head.regression.weight", "contact_head.regression.bias")
+CONTACT = ("contact_head.regression.weight", "contact_head.regression.bias")  # fair-esm's names
+OUR_CONTACT = tuple(ours for ours, theirs in _TOP_PAIRS if theirs in CONTACT)
 
 
 def esm2_names(num_layers: int) -> Iterator[tuple[str, str | tuple[str, ...]]]:
@@ -104,7 +107,7 @@ def esm2_to_ours(state: dict[str, Tensor], num_layers: int, num_heads: int, sour
         names = theirs if isinstance(theirs, tuple) else (theirs,)
         absent = [n for n in names if n not in state]
         if absent:
-            if ours in CONTACT and not require_contact:
+            if ours in OUR_CONTACT and not require_contact:
                 continue
             missing.extend(absent)
             continue
@@ -137,9 +140,12 @@ def esm2_to_ours(state: dict[str, Tensor], num_layers: int, num_heads: int, sour
 
 
 def ours_to_esm2(state: dict[str, Tensor], cfg: EncoderConfig) -> dict[str, Tensor]:
-    """Ours -> fair-esm ESM2 state dict (module names, with the tied lm_head.weight and rotary buffers)."""
+    """Ours -> fair-esm ESM2 state dict (module names, with the tied lm_head.weight and rotary buffers).
+    A model without a contact head gets fair-esm's with a zero (unfitted) regression."""
     out: dict[str, Tensor] = {}
     d = cfg.embed_dim
+    unfitted = {f"heads.{HEAD_NAME}.{k}": v for k, v in ContactHead.for_config(cfg).state_dict().items()}
+    state = {**unfitted, **state}
     for ours, theirs in esm2_names(cfg.num_layers):
         tensor = state[ours].detach().cpu()
         if isinstance(theirs, tuple):
@@ -157,7 +163,7 @@ def ours_to_esm2(state: dict[str, Tensor], cfg: EncoderConfig) -> dict[str, Tens
 # --- configuration ---------------------------------------------------------------------------------
 def _size_name(num_layers: int, embed_dim: int, num_heads: int, fallback: str) -> str:
     for name, shape in SIZES.items():
-        if shape == dict(num_layers=num_layers, embed_dim=embed_dim, num_heads=num_heads):
+        if (shape["num_layers"], shape["embed_dim"], shape["num_heads"]) == (num_layers, embed_dim, num_heads):
             return name
     return fallback
 
@@ -200,6 +206,14 @@ def check_exportable(cfg: EncoderConfig, tokenizer: Tokenizer | None = None) -> 
                          + "; ".join(problems))
 
 
+def check_heads(net: MaskedLM) -> None:
+    """An ESM-2 file holds the contact head and no other: refuse to drop a head silently."""
+    others = sorted(set(net.heads) - {HEAD_NAME})
+    if others:
+        raise ValueError(f"heads {others} cannot be written into a fair-esm ESM-2 checkpoint (it holds "
+                         f"only the contact regression, heads[{HEAD_NAME!r}]); save_pretrained keeps them")
+
+
 # --- in-memory fair-esm modules ---------------------------------------------------------------------
 def from_esm2_module(model: Any) -> MaskedLM:
     """A fair-esm ``esm.model.esm2.ESM2`` (in memory) -> ``MaskedLM`` with the same weights."""
@@ -209,6 +223,7 @@ def from_esm2_module(model: Any) -> MaskedLM:
     cfg = esm2_config(model.num_layers, model.embed_dim, model.attention_heads, model.token_dropout,
                       source="fair-esm ESM2 module")
     net = MaskedLM(cfg)
+    attach_contact_head(net)
     state = esm2_to_ours(model.state_dict(), cfg.num_layers, cfg.num_heads,
                          source=f"fair-esm {cls_name} module", require_contact=True)
     net.load_state_dict(state)
@@ -221,6 +236,7 @@ def to_esm2_module(net: MaskedLM) -> Any:
 
     cfg = net.config
     check_exportable(cfg)
+    check_heads(net)
     model = ESM2(num_layers=cfg.num_layers, embed_dim=cfg.embed_dim, attention_heads=cfg.num_heads,
                  alphabet="ESM-1b", token_dropout=cfg.token_dropout)
     model.load_state_dict(ours_to_esm2(net.state_dict(), cfg), strict=True)
@@ -236,7 +252,7 @@ def _strip(state: dict[str, Any]) -> dict[str, Tensor]:
     return {_PREFIX_RE.sub("", k): v for k, v in state.items() if isinstance(v, Tensor)}
 
 
-def _from_loaded(obj: Any, path: Path, regression: dict[str, Tensor] | None) -> tuple[MaskedLM, ProteinAlphabet]:
+def _from_loaded(obj: Any, path: Path, regression: dict[str, Tensor] | None) -> Checkpoint:
     source = str(path)
     if not looks_like_fair_esm(obj):
         raise CheckpointError(f"{source}: not a fair-esm checkpoint (expected a dict with 'model' and 'cfg')")
@@ -273,19 +289,14 @@ def _from_loaded(obj: Any, path: Path, regression: dict[str, Tensor] | None) -> 
     vocab = ours["encoder.embed_tokens.weight"].shape[0]
     if vocab != cfg.vocab_size:
         raise CheckpointError(f"{source}: vocabulary of {vocab} tokens; ESM-2 uses the 33-token ESM-1b alphabet")
-    net = MaskedLM(cfg)
-    try:
-        net.load_state_dict(ours, strict=False)  # every name was checked; contact head may be absent
-    except RuntimeError as err:  # a tensor of the wrong shape for the declared sizes
-        raise CheckpointError(f"{source}: weights do not fit the ESM-2 shape declared in cfg "
-                              f"({num_layers} layers, {embed_dim} dim, {num_heads} heads): {err}") from err
+    head = ContactHead.for_config(cfg)  # unfitted (zero) unless the regression file gives its weights
+    for name, value in head.state_dict().items():
+        ours.setdefault(f"heads.{HEAD_NAME}.{name}", value)
     if regression is None:
-        with torch.no_grad():
-            net.contact_head.regression.weight.zero_()
-            net.contact_head.regression.bias.zero_()
         log.warning("%s: no %s beside it: contact predictions will be meaningless (0.5 everywhere)",
                     source, regression_path(path).name)
-    return net.eval(), ProteinAlphabet()
+    heads = {HEAD_NAME: {"kind": head.kind, "args": head.to_dict()}}
+    return Checkpoint(cfg, ProteinAlphabet(), ours, heads, path)
 
 
 def load_esm2_checkpoint(path: str | Path, contact_regression: str | Path | None = None
@@ -297,10 +308,10 @@ def load_esm2_checkpoint(path: str | Path, contact_regression: str | Path | None
     """
     path = Path(path)
     obj = safe_torch_load(path, SAFE_GLOBALS)
-    return _load_with_regression(obj, path, contact_regression)
+    return build(_load_with_regression(obj, path, contact_regression)), ProteinAlphabet()
 
 
-def _load_with_regression(obj: Any, path: Path, contact_regression: str | Path | None = None):
+def _load_with_regression(obj: Any, path: Path, contact_regression: str | Path | None = None) -> Checkpoint:
     reg_path = Path(contact_regression) if contact_regression else regression_path(path)
     regression = None
     if contact_regression or reg_path.is_file():
@@ -332,6 +343,7 @@ def save_esm2_checkpoint(net: MaskedLM, path: str | Path, tokenizer: Tokenizer |
                          "'esm2' and end with '.pt' (e.g. esm2_t6_8M_mine.pt)")
     cfg = net.config
     check_exportable(cfg, tokenizer)
+    check_heads(net)
     esm_state = ours_to_esm2(net.state_dict(), cfg)
     body = {}
     for name, tensor in esm_state.items():

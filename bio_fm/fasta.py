@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import io
 import logging
 from collections.abc import Iterator
@@ -12,22 +11,11 @@ from typing import Literal
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from fm_core.data import ReadStats, SequenceDataset
+from fm_core.textio import gunzipped, open_text, text_stream
 from fm_core.tokenizer import InvalidRecordError, Tokenizer
 
 log = logging.getLogger(__name__)
 Policy = Literal["error", "skip"]
-
-
-def open_text(path: str | Path) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping (detected by magic bytes, not by name)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such FASTA file: {path}")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    raw = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-    # undecodable bytes become U+FFFD, which the tokenizer then reports with its position
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline=None)
 
 
 def _record_id(title: str) -> str:
@@ -35,23 +23,44 @@ def _record_id(title: str) -> str:
     return title.split(None, 1)[0] if title.strip() else ""
 
 
-def _checked_lines(lines: Iterator[str], path: str | Path) -> Iterator[str]:
+def _checked_lines(lines: Iterator[str]) -> Iterator[str]:
     """The lines of a FASTA file; text before the first ``>`` header (which the parser would drop
-    silently) is an error naming the file and line. Blank leading lines are fine."""
+    silently) is an error naming the line. Blank leading lines are fine."""
     it = iter(lines)
     for number, line in enumerate(it, start=1):
         if line.startswith(">"):
             yield line
             break
         if line.strip():
-            raise ValueError(f"file {path}: cannot parse FASTA: line {number} comes before the first '>' header "
-                             f"({line.strip()[:40]!r}); not a FASTA file?")
+            raise ValueError(f"line {number} comes before the first '>' header ({line.strip()[:40]!r}); "
+                             "not a FASTA file?")
     yield from it
 
 
 # Biopython's SimpleFastaParser yields plain strings: a sequence with non-ASCII characters (e.g.
 # U+FFFD from undecodable bytes) reaches the tokenizer, which names the record and position,
 # instead of failing the whole file inside ``Seq``.
+def _parse(handle: io.TextIOBase, path: str | Path) -> Iterator[tuple[str, str]]:
+    """(header, sequence) pairs of an open FASTA text stream. Errors name the file."""
+    try:
+        yield from SimpleFastaParser(_checked_lines(handle))
+    except (ValueError, EOFError, OSError) as err:  # malformed layout, truncated gzip
+        raise ValueError(f"file {path}: cannot parse FASTA: {err}") from err
+
+
+def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(full header line without ``>``, sequence) of a FASTA file (plain or gzip, any line ends):
+    the one FASTA reader of the toolkit. Errors name the file."""
+    with open_text(path, what="FASTA file") as handle:
+        yield from _parse(handle, path)
+
+
+def iter_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
+    """(record id, sequence) pairs, read with Biopython. Errors name the file."""
+    for title, seq in read_fasta(path):
+        yield _record_id(title), seq
+
+
 class FastaStream:
     """Iterate (record id, sequence) of a FASTA file (plain or gzip) of any size, with the bytes
     read so far (``position``, of the file on disk) for a progress bar. Errors name the file."""
@@ -70,25 +79,8 @@ class FastaStream:
     def __iter__(self) -> Iterator[tuple[str, str]]:
         with open(self.path, "rb") as raw:
             self._raw = raw
-            magic = raw.read(2)
-            raw.seek(0)
-            binary = gzip.GzipFile(fileobj=raw, mode="rb") if magic == b"\x1f\x8b" else raw
-            handle = io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline=None)
-            try:
-                for title, seq in SimpleFastaParser(_checked_lines(handle, self.path)):
-                    yield _record_id(title), seq
-            except (ValueError, EOFError, OSError) as err:  # malformed layout, truncated gzip
-                raise ValueError(f"file {self.path}: cannot parse FASTA: {err}") from err
-
-
-def iter_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
-    """(record id, sequence) pairs, read with Biopython. Errors name the file."""
-    with open_text(path) as handle:
-        try:
-            for title, seq in SimpleFastaParser(_checked_lines(handle, path)):
+            for title, seq in _parse(text_stream(gunzipped(raw)), self.path):
                 yield _record_id(title), seq
-        except (ValueError, EOFError, OSError) as err:  # malformed layout, truncated gzip
-            raise ValueError(f"file {path}: cannot parse FASTA: {err}") from err
 
 
 def fasta_dataset(path: str | Path, tokenizer: Tokenizer, *, on_invalid: Policy = "error",

@@ -95,57 +95,113 @@ def _stream_records(stream, tokenizer, source, on_invalid, stats):
         yield from chunk
 
 
-def score(cfg: Any) -> dict[str, Any]:
-    """The ``fm-protein-score`` job (Hydra config ``protein_score.yaml``): ``pppl.csv``,
-    ``variants.csv`` (with ``mutations=``), ``scan.csv`` (with ``scan=true``), ``metrics.json``."""
-    from hydra.utils import instantiate
-    from tqdm.auto import tqdm
+class _Tables:
+    """The per-sequence outputs: ``pppl.csv`` (with ``pppl``) and ``scan.csv`` (with ``scan``)."""
 
-    from fm_core.export import load_pretrained
-    from fm_core.train import write_metrics
+    def __init__(self, out: Path, *, pppl: bool, scan: bool, offset: int):
+        self.offset = offset
+        self.ppl_values: list[float] = []
+        self._files = {name: open(out / f"{name}.csv", "w", newline="") for name, on in
+                       (("pppl", pppl), ("scan", scan)) if on}
+        self.pppl = csv.writer(self._files["pppl"]) if pppl else None
+        self.scan = csv.writer(self._files["scan"]) if scan else None
+        if self.pppl:
+            self.pppl.writerow(["id", "length", "pseudo_log_likelihood", "pseudo_perplexity"])
+        if self.scan:
+            self.scan.writerow(["id", "mutant", "position", "wt", "mt", "score"])
 
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    net, alphabet = load_pretrained(cfg.checkpoint)
-    if cfg.precision not in DTYPES:
-        raise ValueError(f"precision {cfg.precision!r}: choose one of {sorted(DTYPES)}")
-    marginals = MaskedMarginals(net, alphabet, max_tokens=cfg.max_tokens, max_length=cfg.max_length,
-                                dtype=DTYPES[cfg.precision])
-    source = str(cfg.input)
-    stream = instantiate(cfg.reader)(cfg.input)
-    stats = ReadStats(source)
+    def write(self, rid: str, ids: np.ndarray, wild: str, logp: np.ndarray, alphabet: Any) -> None:
+        if self.pppl:
+            pll = pseudo_log_likelihood(logp, ids)
+            ppl = math.exp(-pll / len(ids))
+            self.ppl_values.append(ppl)
+            self.pppl.writerow([rid, len(ids), f"{pll:.6f}", f"{ppl:.6f}"])
+        if self.scan:
+            for index, wt in enumerate(wild):
+                for mt in STANDARD:
+                    if mt != wt:
+                        s = logp[index, alphabet.index[mt]] - logp[index, alphabet.index[wt]]
+                        self.scan.writerow([rid, f"{wt}{index + self.offset}{mt}", index + self.offset, wt, mt,
+                                            f"{s:.6f}"])
 
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+
+
+def _rows_by_record(cfg: Any) -> tuple[list[str], list[dict[str, str]], dict[str | None, list[int]]]:
+    """The mutation table's columns and rows, and the row indices per record id (``None``: the
+    rows name no record)."""
     by_record: dict[str | None, list[int]] = defaultdict(list)
     fields, rows = [], []
     if cfg.mutations:
         fields, rows = read_mutations(Path(cfg.mutations), cfg.mutant_column, cfg.id_column)
         for i, row in enumerate(rows):
             by_record[row[cfg.id_column] if cfg.id_column else None].append(i)
+    return fields, rows, by_record
+
+
+def _mutants_of(rid: str, by_record: dict[str | None, list[int]], seen_ids: set[str], cfg: Any) -> list[int]:
+    if None in by_record:  # rows name no record: the input must hold exactly one
+        if seen_ids:
+            raise ValueError(f"{cfg.mutations}: {cfg.input} holds several records; name the record "
+                             "of each row with a column (id_column=...)")
+        return by_record[None]
+    return by_record.get(rid, [])
+
+
+def _check_found(by_record: dict[str | None, list[int]], seen_ids: set[str], cfg: Any) -> None:
+    if None in by_record and not seen_ids:
+        raise ValueError(f"{cfg.mutations}: no valid wild-type record in {cfg.input}")
+    missing = sorted({k for k in by_record if k is not None and k not in seen_ids})
+    if missing:
+        raise ValueError(f"{cfg.mutations}: record(s) {missing[:5]} not found (or rejected) in {cfg.input}")
+
+
+def _write_variants(path: Path, fields: list[str], rows: list[dict[str, str]], scores: list[float | None]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*fields, "score"])
+        for row, s in zip(rows, scores, strict=True):
+            writer.writerow([row[f] for f in fields] + [f"{s:.6f}"])
+
+
+def _load_marginals(cfg: Any) -> tuple[Any, Any, MaskedMarginals]:
+    from fm_core.export import load_pretrained
+
+    net, alphabet = load_pretrained(cfg.checkpoint)
+    if cfg.precision not in DTYPES:
+        raise ValueError(f"precision {cfg.precision!r}: choose one of {sorted(DTYPES)}")
+    return net, alphabet, MaskedMarginals(net, alphabet, max_tokens=cfg.max_tokens, max_length=cfg.max_length,
+                                          dtype=DTYPES[cfg.precision])
+
+
+def score(cfg: Any) -> dict[str, Any]:
+    """The ``fm-protein-score`` job (Hydra config ``protein_score.yaml``): ``pppl.csv``,
+    ``variants.csv`` (with ``mutations=``), ``scan.csv`` (with ``scan=true``), ``metrics.json``."""
+    from hydra.utils import instantiate
+    from tqdm.auto import tqdm
+
+    from fm_core.train import write_metrics
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    net, alphabet, marginals = _load_marginals(cfg)
+    source = str(cfg.input)
+    stream = instantiate(cfg.reader)(cfg.input)
+    stats = ReadStats(source)
+    fields, rows, by_record = _rows_by_record(cfg)
     variant_scores: list[float | None] = [None] * len(rows)
     need_all = cfg.pppl or cfg.scan
-
-    pppl_fh = open(out / "pppl.csv", "w", newline="") if cfg.pppl else None
-    scan_fh = open(out / "scan.csv", "w", newline="") if cfg.scan else None
-    pppl_w = csv.writer(pppl_fh) if pppl_fh else None
-    scan_w = csv.writer(scan_fh) if scan_fh else None
-    if pppl_w:
-        pppl_w.writerow(["id", "length", "pseudo_log_likelihood", "pseudo_perplexity"])
-    if scan_w:
-        scan_w.writerow(["id", "mutant", "position", "wt", "mt", "score"])
+    tables = _Tables(out, pppl=cfg.pppl, scan=cfg.scan, offset=cfg.offset)
     started = time.perf_counter()
-    n_seq, residues, ppl_values, seen_ids = 0, 0, [], set()
+    n_seq, residues, seen_ids = 0, 0, set()
     bar = tqdm(unit="seq", desc="fm-protein-score", disable=not cfg.progress)
     try:
         for rid, ids in _stream_records(stream, alphabet, source, cfg.on_invalid, stats):
-            if None in by_record:  # rows name no record: the input must hold exactly one
-                if seen_ids:
-                    raise ValueError(f"{cfg.mutations}: {cfg.input} holds several records; name the record "
-                                     "of each row with a column (id_column=...)")
-                mutants = by_record[None]
-            else:
-                mutants = by_record.get(rid, [])
+            mutants = _mutants_of(rid, by_record, seen_ids, cfg)
             seen_ids.add(rid)
             if not need_all and not mutants:
                 continue
@@ -156,44 +212,23 @@ def score(cfg: Any) -> dict[str, Any]:
             (logp,) = marginals([ids], positions)
             for i, muts in parsed.items():
                 variant_scores[i] = score_mutations(logp, muts, alphabet)
-            if pppl_w:
-                pll = pseudo_log_likelihood(logp, ids)
-                ppl = math.exp(-pll / len(ids))
-                ppl_values.append(ppl)
-                pppl_w.writerow([rid, len(ids), f"{pll:.6f}", f"{ppl:.6f}"])
-            if scan_w:
-                for index, wt in enumerate(wild):
-                    for mt in STANDARD:
-                        if mt != wt:
-                            s = logp[index, alphabet.index[mt]] - logp[index, alphabet.index[wt]]
-                            scan_w.writerow([rid, f"{wt}{index + cfg.offset}{mt}", index + cfg.offset, wt, mt,
-                                             f"{s:.6f}"])
+            tables.write(rid, ids, wild, logp, alphabet)
             n_seq += 1
             residues += len(ids)
             bar.update(1)
     finally:
         bar.close()
-        for fh in (pppl_fh, scan_fh):
-            if fh:
-                fh.close()
-    if None in by_record and not seen_ids:
-        raise ValueError(f"{cfg.mutations}: no valid wild-type record in {cfg.input}")
-    missing = sorted({k for k in by_record if k is not None and k not in seen_ids})
-    if missing:
-        raise ValueError(f"{cfg.mutations}: record(s) {missing[:5]} not found (or rejected) in {cfg.input}")
+        tables.close()
+    _check_found(by_record, seen_ids, cfg)
     if rows:
-        with open(out / "variants.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([*fields, "score"])
-            for row, s in zip(rows, variant_scores, strict=True):
-                writer.writerow([row[f] for f in fields] + [f"{s:.6f}"])
+        _write_variants(out / "variants.csv", fields, rows, variant_scores)
     stats.check()
     seconds = time.perf_counter() - started
     metrics: dict[str, Any] = {f"data/{k}": v for k, v in stats.as_dict("records").items()}
     metrics.update({"score/sequences": n_seq, "score/residues": residues, "score/variants": len(rows),
                     "score/seconds": seconds, "score/peak_rss_mb": peak_rss_mb(), "model/name": net.config.name})
-    if ppl_values:
-        metrics["score/mean_pseudo_perplexity"] = float(np.mean(ppl_values))
-        metrics["score/median_pseudo_perplexity"] = float(np.median(ppl_values))
+    if tables.ppl_values:
+        metrics["score/mean_pseudo_perplexity"] = float(np.mean(tables.ppl_values))
+        metrics["score/median_pseudo_perplexity"] = float(np.median(tables.ppl_values))
     write_metrics(out, metrics)
     return metrics

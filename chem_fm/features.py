@@ -1,26 +1,50 @@
 """Molecule representations, chosen by config (``_target_``): Morgan fingerprints, RDKit 2D
 descriptors, and embeddings from a SMILES masked-LM backbone.
 
-Every representation has ``fit(mols)`` (learns what it needs from the training molecules only,
-e.g. descriptor normalisation), ``transform(mols) -> float32 array (n, dim)``, and ``state()`` /
-``load_state(state)`` so a trained scorer can be saved and reloaded (``fm-score``).
+Every representation is a :class:`Features`: ``fit(mols)`` (learns what it needs from the training
+molecules only, e.g. descriptor normalisation), ``transform(mols) -> float32 array (n, dim)``, and
+``state()`` / ``load_state(state)`` so a trained scorer can be saved and reloaded (``fm-score``).
+One that embeds molecules with a backbone says so (``needs_backbone``) and is handed it
+(``use_backbone``): fm-finetune's ``run.backbone(tokenizer)``, or the copy saved with a scorer.
+Their settings' defaults live in conf/task/drug_property.yaml.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from fm_core.padding import pad_batch
 
-class MorganFeatures:
+
+class Features:
+    """A molecule representation (the common base of every ``task.features`` entry)."""
+
+    needs_backbone: ClassVar[bool] = False  # True: use_backbone() must be called before fit/transform
+
+    def use_backbone(self, net: Any, tokenizer: Any) -> None:
+        raise TypeError(f"{type(self).__name__} takes no backbone")
+
+    def fit(self, mols: list[Any]) -> Features:
+        return self
+
+    def transform(self, mols: list[Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class MorganFeatures(Features):
     """Morgan (ECFP-like) fingerprints from RDKit's ``MorganGenerator``: bits or counts
     (``log1p`` of counts when ``log_counts``), ``radius`` and ``size`` configurable."""
 
-    def __init__(self, radius: int = 2, size: int = 2048, counts: bool = True, log_counts: bool = True,
-                 chirality: bool = False):
+    def __init__(self, *, radius: int, size: int, counts: bool, log_counts: bool, chirality: bool):
         self.radius, self.size, self.counts, self.log_counts, self.chirality = radius, size, counts, log_counts, chirality
 
     def _generator(self):
@@ -33,9 +57,6 @@ class MorganFeatures:
     def dim(self) -> int:
         return self.size
 
-    def fit(self, mols: list[Any]) -> MorganFeatures:
-        return self
-
     def transform(self, mols: list[Any]) -> np.ndarray:
         gen = self._generator()
         out = np.zeros((len(mols), self.size), dtype=np.float32)
@@ -45,20 +66,14 @@ class MorganFeatures:
             np.log1p(out, out=out)
         return out
 
-    def state(self) -> dict[str, Any]:
-        return {}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        pass
-
-
-class DescriptorFeatures:
+class DescriptorFeatures(Features):
     """RDKit 2D descriptors (``Descriptors._descList``, or the ``names`` given), normalised with
     statistics of the training molecules: values outside the train 0.5/99.5 percentiles are clipped,
     then standardised; missing values (NaN, inf, a descriptor that raises) become the train median,
     i.e. 0 after normalisation; constant columns are 0."""
 
-    def __init__(self, names: list[str] | None = None, clip_percentile: float = 0.5):
+    def __init__(self, *, names: list[str] | None, clip_percentile: float):
         from rdkit.Chem import Descriptors
 
         table = dict(Descriptors._descList)
@@ -120,31 +135,33 @@ class DescriptorFeatures:
             setattr(self, k, np.asarray(v, dtype=np.float64))
 
 
-class BackboneFeatures:
-    """Mean-pooled token representations of a SMILES masked LM (an ``fm-pretrain`` export,
-    e.g. of ``experiment=smiles_quick``), from layer ``layer`` (-1 = last, after the final norm);
-    the backbone is frozen. ``init_from: null`` takes fm-finetune's ``init_from``."""
+class BackboneFeatures(Features):
+    """Mean-pooled token representations of a SMILES masked LM (fm-finetune's backbone,
+    ``model.init_from=<export of fm-pretrain experiment=smiles_quick>``), from layer ``layer``
+    (-1 = last, after the final norm); the backbone is frozen."""
 
-    def __init__(self, init_from: str | None = None, layer: int = -1, batch_size: int = 256):
-        self.init_from, self.layer, self.batch_size = init_from, layer, batch_size
+    needs_backbone = True
+
+    def __init__(self, *, layer: int, batch_size: int):
+        self.layer, self.batch_size = layer, batch_size
         self._net = self._tok = None
 
-    def bind(self, init_from: str | None) -> None:
-        """Fill in the backbone path from the run when the config leaves it empty."""
-        if not self.init_from:
-            self.init_from = init_from
-        if not self.init_from:
-            raise ValueError("BackboneFeatures: no backbone; give init_from=<export of fm-pretrain "
-                             "experiment=smiles_quick> or remove this representation")
+    def use_backbone(self, net: Any, tokenizer: Any) -> None:
+        self._net, self._tok = net.eval(), tokenizer
 
     def _load(self):
         if self._net is None:
-            from fm_core.export import load_pretrained
-
-            self.bind(None)
-            self._net, self._tok = load_pretrained(self.init_from)
-            self._net.eval()
+            raise RuntimeError("BackboneFeatures: no backbone; fm-finetune hands it model.init_from=<export of "
+                               "fm-pretrain experiment=smiles_quick> (use_backbone)")
         return self._net, self._tok
+
+    @property
+    def net(self) -> Any:
+        return self._load()[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._load()[1]
 
     @property
     def dim(self) -> int:
@@ -161,15 +178,13 @@ class BackboneFeatures:
         net, tok = self._load()
         layer = net.config.num_layers if self.layer == -1 else self.layer
         max_len = net.config.max_length
-        seqs = [tok.add_special_tokens(tok.encode(Chem.MolToSmiles(m))[: max_len - 2]) for m in mols]
+        room = max_len - tok.num_special_added
+        seqs = [tok.add_special_tokens(tok.encode(Chem.MolToSmiles(m))[:room]) for m in mols]
         order = np.argsort([len(s) for s in seqs])
         out = np.zeros((len(mols), net.config.embed_dim), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), tok.pad_id, dtype=torch.long)
-            for r, i in enumerate(idx):
-                ids[r, : len(seqs[i])] = torch.as_tensor(seqs[i])
+            ids = pad_batch([seqs[i] for i in idx], tok.pad_id)  # (B, L)
             rep = net(ids, repr_layers=[layer])["representations"][layer]
             keep = torch.ones_like(ids, dtype=torch.bool)
             for s in tok.special_ids.tolist():
@@ -178,14 +193,7 @@ class BackboneFeatures:
             out[idx] = ((rep * w).sum(1) / w.sum(1).clamp(min=1)).numpy()
         return out
 
-    def state(self) -> dict[str, Any]:
-        return {"init_from": str(Path(self.init_from).resolve()) if self.init_from else None}
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        self.init_from = state.get("init_from") or self.init_from
-        self._net = None
-
-
-def featurize(features: dict[str, Any], mols: list[Any]) -> np.ndarray:
+def featurize(features: dict[str, Features], mols: list[Any]) -> np.ndarray:
     """The concatenation of every representation, in the config's order."""
     return np.concatenate([f.transform(mols) for f in features.values()], axis=1)

@@ -11,8 +11,7 @@ by ``SmilesTokenizer.unknown``), a character no SMILES token matches is an ``Inv
 from __future__ import annotations
 
 import csv
-import gzip
-import io
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from fm_core.data import ReadStats, SequenceDataset
+from fm_core.textio import open_text
 from fm_core.tokenizer import InvalidRecordError, TokenizerBase, register_tokenizer
 
 SMILES_REGEX = re.compile(
@@ -78,6 +78,10 @@ class SmilesTokenizer(TokenizerBase):
         self.unknown += int((ids == self.unk_id).sum())
         return ids
 
+    def encoder_defaults(self) -> dict[str, Any]:
+        # token dropout stays on for SMILES: the published molecule figures (README) were trained with it
+        return {"token_dropout": True}
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "module": __name__, "extra_tokens": list(self.extra_tokens),
                 "vocab_size": self.vocab_size}
@@ -90,15 +94,20 @@ class SmilesTokenizer(TokenizerBase):
         return tok
 
 
+def package_dir(name: str) -> Path:
+    """Folder of an installed package, located without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {name!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def read_smiles_column(path: str | Path, column: str = "SMILES", *, skip: int = 0,
                        max_records: int | None = None) -> list[tuple[int, str]]:
     """(row number, SMILES) from a CSV (gzip or plain) with a header; rows count from 1 after it."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    raw = gzip.open(path, "rb") if gz else open(path, "rb")
     out = []
-    with io.TextIOWrapper(raw, encoding="utf-8", newline="") as fh:
+    with open_text(path, newline="", errors="strict") as fh:
         reader = csv.DictReader(fh)
         if column not in (reader.fieldnames or []):
             raise ValueError(f"file {path}: no column {column!r} (has {reader.fieldnames})")
@@ -120,8 +129,6 @@ def smiles_dataset(tokenizer: SmilesTokenizer, path: str, column: str = "SMILES"
     ``on_invalid``: ``error`` (raise, naming file, row and reason) or ``skip`` (counted in
     ``dataset.stats``)."""
     if package:
-        from data_prep.molecules import package_dir
-
         path = str(package_dir(package) / path)
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")

@@ -62,6 +62,10 @@ class CodeBPETokenizer(TokenizerBase):
     def decode(self, ids: Any) -> str:
         return self.hf.decode([int(i) for i in np.asarray(ids).reshape(-1)], skip_special_tokens=False)
 
+    def encoder_defaults(self) -> dict[str, Any]:
+        # token dropout stays on for code: the published code figures (README) were trained with it
+        return {"token_dropout": True}
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "module": __name__, "tokenizer": json.loads(self.hf.to_str())}
 

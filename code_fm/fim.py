@@ -10,7 +10,8 @@ laid out as
 - SPM (StarCoder's variant): ``<fim_prefix> <fim_suffix> S <fim_middle> P M <eos>``
 
 otherwise as plain left-to-right text ``<cls> text``. The loss is next-token prediction on every
-position. Randomness comes from each sample's seed (``fm_core.data``'s convention).
+position. Randomness comes from each sample's seed (``fm_core.data``'s convention). The layout
+itself is ``code_fm.fim_format`` (shared with inference, free of Lightning).
 """
 
 from __future__ import annotations
@@ -20,24 +21,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from code_fm.fim_format import FIMTokenizer, fim_layout
 from fm_core.masking import IGNORE
+from fm_core.padding import pad_batch
 from fm_core.shard_data import ShardDataModule
-
-
-def fim_layout(tok: Any, prefix: list[int] | np.ndarray, middle: list[int] | np.ndarray,
-               suffix: list[int] | np.ndarray, spm: bool) -> list[int]:
-    """The FIM sequence for training (``middle`` then ``<eos>``) or, with ``middle=[]`` and no
-    eos appended by the caller, the prompt at inference."""
-    p, m, s = (list(map(int, x)) for x in (prefix, middle, suffix))
-    if spm:
-        return [tok.fim_prefix_id, tok.fim_suffix_id, *s, tok.fim_middle_id, *p, *m]
-    return [tok.fim_prefix_id, *p, tok.fim_suffix_id, *s, tok.fim_middle_id, *m]
 
 
 class FIMCollator:
     """Token windows -> left-to-right or FIM sequences with next-token labels, right-padded."""
 
-    def __init__(self, tokenizer: Any, max_length: int, fim_rate: float = 0.5, spm_rate: float = 0.5):
+    def __init__(self, tokenizer: FIMTokenizer, max_length: int, *, fim_rate: float, spm_rate: float):
         if not (0 <= fim_rate <= 1 and 0 <= spm_rate <= 1):
             raise ValueError(f"fim_rate and spm_rate must lie in [0, 1], got {fim_rate}, {spm_rate}")
         self.tok, self.max_length, self.fim_rate, self.spm_rate = tokenizer, max_length, fim_rate, spm_rate
@@ -57,23 +50,22 @@ class FIMCollator:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         seqs = [self.sequence(s["ids"], torch.Generator().manual_seed(int(s["seed"]))) for s in samples]
-        width = max(len(x) for x in seqs)
-        inputs = torch.full((len(seqs), width), self.tok.pad_id, dtype=torch.long)
-        labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
-        for row, x in enumerate(seqs):
-            t = torch.as_tensor(x, dtype=torch.long)
-            inputs[row, : len(t)] = t
-            labels[row, : len(t) - 1] = t[1:]  # position i predicts token i + 1
+        inputs = pad_batch(seqs, self.tok.pad_id)  # (B, L)
+        labels = pad_batch([x[1:] for x in seqs], IGNORE, width=inputs.shape[1])  # i predicts i + 1
         return {"input_ids": inputs, "labels": labels, "index": torch.tensor([int(s["index"]) for s in samples])}
 
 
 class FIMDataModule(ShardDataModule):
-    """``ShardDataModule`` (an ``fm-prep code`` directory) with FIM / left-to-right collation."""
+    """``ShardDataModule`` (an ``fm-prep code`` directory) with FIM / left-to-right collation; the
+    rates come from the task's config (``conf/task/code_completion.yaml``)."""
 
-    def __init__(self, tokenizer: Any, dir: str, *, fim_rate: float = 0.5, spm_rate: float = 0.5, **kwargs: Any):
-        super().__init__(tokenizer, dir, **kwargs)
+    def __init__(self, tokenizer: FIMTokenizer, dir: str, *, fim_rate: float, spm_rate: float, **kwargs: Any):
+        super().__init__(tokenizer, dir, masking=None, **kwargs)  # FIM windows, not masking: see collator()
         self.fim_rate, self.spm_rate = fim_rate, spm_rate
 
     def collator(self) -> FIMCollator:
         # batching, the per-epoch sample seeds and mid-epoch resume stay MLMDataModule's
-        return FIMCollator(self.tokenizer, self.max_length, self.fim_rate, self.spm_rate)
+        return FIMCollator(self.tokenizer, self.max_length, fim_rate=self.fim_rate, spm_rate=self.spm_rate)
+
+
+__all__ = ["FIMCollator", "FIMDataModule"]

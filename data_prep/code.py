@@ -228,11 +228,12 @@ def stage_split(tmp: Path, cfg: CodePrepConfig, files: list[dict[str, Any]]) -> 
 
 def stage_tokenizer(tmp: Path, cfg: CodePrepConfig, files: list[dict[str, Any]], split: np.ndarray) -> dict[str, Any]:
     from code_fm.bpe import train_bpe
+    from code_fm.fim_format import FIMTokenizer
     from fm_core.shards import load_tokenizer, save_tokenizer
 
     if cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
-        if not hasattr(tok, "fim_middle_id"):
+        if not isinstance(tok, FIMTokenizer):
             raise ValueError(f"--tokenizer {cfg.tokenizer}: not a code BPE tokenizer ({tok.to_dict().get('kind')})")
         save_tokenizer(tmp, tok)
         return {"vocab_size": tok.vocab_size, "reused": str(cfg.tokenizer)}
@@ -267,8 +268,6 @@ def stage_shards(tmp: Path, cfg: CodePrepConfig, files: list[dict[str, Any]], sp
 
 
 def prepare(cfg: CodePrepConfig) -> dict[str, Any]:
-    from data_prep.protein import publish, published
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     params = {k: v for k, v in asdict(cfg).items() if k != "out"}
@@ -280,38 +279,29 @@ def prepare(cfg: CodePrepConfig) -> dict[str, Any]:
     tk = stages.run("tokenizer", lambda t: stage_tokenizer(t, cfg, files, split),
                     depends=common.input_signature([Path(cfg.tokenizer)]) if cfg.tokenizer else None)
     sh = stages.run("shards", lambda t: stage_shards(t, cfg, files, split, stages.dir("tokenizer")),
-                    check=lambda info: published(out, info))
-    publish(stages.dir("shards"), out, [*SPLITS, "tokenizer.json"])
+                    check=lambda info: common.published(out, info))
+    common.publish(stages.dir("shards"), out, [*SPLITS, "tokenizer.json"])
     counts = common.Counts.from_dict(sc["counts"])
     manifest = {"kind": "code", "config": asdict(cfg), "files": sc["files"], "bytes": sc["bytes"],
                 "groups": sp["groups"], "split_units": sp["units"], "group_merges_for_twins": sp["group_merges"],
-                "vocab_size": tk["vocab_size"], "splits": sh["splits"], "tokenizer": "tokenizer.json",
-                "stages": {"seconds": stages.seconds, "ran": stages.ran, "skipped": stages.skipped}}
-    common.finish(out, manifest, counts, f"fm-prep code {out}")
-    return manifest
+                "vocab_size": tk["vocab_size"], "splits": sh["splits"], "tokenizer": "tokenizer.json"}
+    return common.finish(out, manifest, counts, f"fm-prep code {out}", stages)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CodePrepConfig()
     p.add_argument("--input", dest="inputs", nargs="+", default=d.inputs,
                    help="source folders (default: this interpreter's standard library)")
-    p.add_argument("--out", default=d.out)
+    common.add_options(p, d, {"out": str})
     p.add_argument("--extensions", nargs="+", default=d.extensions, help="e.g. .py .go .rs")
-    p.add_argument("--max-bytes", type=int, default=d.max_bytes)
-    p.add_argument("--max-line", type=int, default=d.max_line)
-    p.add_argument("--max-mean-line", type=float, default=d.max_mean_line)
-    p.add_argument("--near-dup-threshold", type=float, default=d.near_dup_threshold)
-    p.add_argument("--twin-threshold", type=float, default=d.twin_threshold)
-    p.add_argument("--num-perm", type=int, default=d.num_perm)
-    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--tokenizer", default=d.tokenizer,
-                   help="re-use the tokenizer of this prepared directory (a second corpus with the same ids)")
+    common.add_options(p, d, {
+        "max_bytes": int, "max_line": int, "max_mean_line": float, "near_dup_threshold": float,
+        "twin_threshold": float, "num_perm": int, "valid_fraction": float, "test_fraction": float,
+        "vocab_size": int, "seed": int,
+        "tokenizer": (str, "re-use the tokenizer of this prepared directory (a second corpus with the same ids)")})
     p.add_argument("--exclude", nargs="+", default=d.exclude,
                    help="prepared code directories: files near-duplicating their valid/test files are rejected")
 
 
 def from_args(args: argparse.Namespace) -> CodePrepConfig:
-    return CodePrepConfig(**{k: getattr(args, k) for k in CodePrepConfig.__dataclass_fields__})
+    return common.config_from_args(CodePrepConfig, args)

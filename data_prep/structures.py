@@ -31,6 +31,7 @@ import shutil
 import struct
 import subprocess
 from dataclasses import asdict, dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,19 @@ import numpy as np
 import pyarrow as pa
 
 from bio_fm.alphabet import STANDARD, ProteinAlphabet
+from bio_fm.mmseqs import mmseqs_version
 from bio_fm.structure import dssp8_to_3, ideal_cb, normalise_dssp8
 from data_prep import common
-from data_prep.protein import publish, published
 from fm_core.shards import ShardWriter, save_tokenizer
+from fm_core.textio import is_gzip
 
 log = logging.getLogger(__name__)
 
 PROMOD3_DB = Path("/usr/share/promod3/loop_data/structure_db.dat")
+# `fm-prep structures --slice`: the 320-chain slice committed in bio_fm/data, split as the structure
+# tasks read it by default (their task.data_dir)
+SLICE = Path(str(files("bio_fm").joinpath("data/structure_slice/structure_db.dat.gz")))
+SLICE_DEFAULTS = {"input": str(SLICE), "out": "data/structure_slice", "test_fraction": 0.3, "valid_fraction": 0.05}
 SPLITS = ("train", "valid", "test")
 HEADER_BYTES = 0x4D
 MAGIC, VERSION = 1234, 2
@@ -62,10 +68,8 @@ class StructureDB:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no such structure DB: {self.path}")
-        with open(self.path, "rb") as fh:
-            gz = fh.read(2) == b"\x1f\x8b"
-        raw = np.frombuffer(gzip.decompress(self.path.read_bytes()), dtype=np.uint8) if gz else \
-            np.memmap(self.path, dtype=np.uint8, mode="r")
+        raw = np.frombuffer(gzip.decompress(self.path.read_bytes()), dtype=np.uint8) if is_gzip(self.path) \
+            else np.memmap(self.path, dtype=np.uint8, mode="r")
         mv = memoryview(raw)
         try:
             magic, version = struct.unpack_from("<ii", mv, 0)
@@ -172,10 +176,8 @@ def read_promod3(db: StructureDB, cfg: StructurePrepConfig, counts: common.Count
         counts.read += 1
         name = f"{db.ids[i]}_{db.chains[i]}"
         o, s = db.offsets[i], db.sizes[i]
-        if s < cfg.min_length:
-            counts.reject("too_short", f"{name}: {s} residues")
-        elif cfg.max_length is not None and s > cfg.max_length:
-            counts.reject("too_long", f"{name}: {s} residues")
+        if why := common.length_rejection(s, cfg.min_length, cfg.max_length):
+            counts.reject(why, f"{name}: {s} residues")
         elif not standard[db.arrays["sequence"][o : o + s]].all():
             counts.reject("nonstandard_residue", name)
         else:
@@ -247,11 +249,8 @@ def read_structure_file(path: Path, dssp: str | None, counts: common.Counts, cfg
             seq.append(index_to_one(three_to_index(res.get_resname())))
             ncac.append([res[a].coord for a in ("N", "CA", "C")])
             ss.append(states.get((chain.id, res.id), "-"))
-        if len(seq) < cfg.min_length:
-            counts.reject("too_short", f"{name}: {len(seq)} residues")
-            continue
-        if cfg.max_length is not None and len(seq) > cfg.max_length:
-            counts.reject("too_long", f"{name}: {len(seq)} residues")
+        if why := common.length_rejection(len(seq), cfg.min_length, cfg.max_length):
+            counts.reject(why, f"{name}: {len(seq)} residues")
             continue
         if dssp is not None and all(s == "-" for s in ss):
             counts.reject("no_dssp", f"{name}: mkdssp assigned no residue")
@@ -336,31 +335,18 @@ def stage_read(tmp: Path, cfg: StructurePrepConfig) -> dict[str, Any]:
 
 
 def stage_cluster(tmp: Path, cfg: StructurePrepConfig, fasta: Path, n: int) -> dict[str, Any]:
-    if n == 0:
-        np.save(tmp / "clusters.npy", np.zeros(0, dtype=np.int64))
-        return {"clusters": 0}
-    tsv = common.mmseqs_cluster(fasta, tmp, identity=cfg.identity, coverage=cfg.coverage,
+    return common.cluster_stage(tmp, fasta, n, identity=cfg.identity, coverage=cfg.coverage,
                                 steps=cfg.cluster_steps, threads=cfg.threads)
-    cluster, num = common.read_clusters(tsv, n)
-    np.save(tmp / "clusters.npy", cluster)
-    tsv.unlink()
-    return {"clusters": num}
 
 
 def stage_split(tmp: Path, cfg: StructurePrepConfig, fasta: Path, clusters: np.ndarray, num: int) -> dict[str, Any]:
-    fractions = {"train": 1.0 - cfg.valid_fraction - cfg.test_fraction, "valid": cfg.valid_fraction,
-                 "test": cfg.test_fraction}
-    split = common.split_of_clusters(num, fractions, cfg.seed)[clusters] if num else np.zeros(0, np.int8)
+    split = common.cluster_splits(clusters, num, valid_fraction=cfg.valid_fraction,
+                                  test_fraction=cfg.test_fraction, seed=cfg.seed)
     best = np.zeros(len(split), dtype=np.float32)
     if (split > 0).any() and (split == 0).any():
         seqs = [line.rstrip("\n") for k, line in enumerate(open(fasta)) if k % 2 == 1]
-        with open(tmp / "train.fa", "w") as tr, open(tmp / "heldout.fa", "w") as ho:
-            for k, seq in enumerate(seqs):
-                (tr if split[k] == 0 else ho).write(f">{k}\n{seq}\n")
-        for q, _, ident in common.mmseqs_search(tmp / "heldout.fa", tmp / "train.fa", tmp, threads=cfg.threads):
+        for q, _, ident in common.heldout_hits(tmp, split, enumerate(seqs), threads=cfg.threads):
             best[int(q)] = max(best[int(q)], ident)
-        for f in ("train.fa", "heldout.fa", "hits.m8"):
-            (tmp / f).unlink(missing_ok=True)
     report = {}
     for k, name in ((1, "valid"), (2, "test")):
         mine = split == k
@@ -416,8 +402,8 @@ def prepare(cfg: StructurePrepConfig) -> dict[str, Any]:
     split = np.load(stages.dir("split") / "split.npy")
     best = np.load(stages.dir("split") / "best.npy")
     s = stages.run("shards", lambda t: stage_shards(t, cfg, chains, clusters, split, best),
-                   check=lambda info: published(out, info))
-    publish(stages.dir("shards"), out, [*SPLITS, "tokenizer.json"])
+                   check=lambda info: common.published(out, info))
+    common.publish(stages.dir("shards"), out, [*SPLITS, "tokenizer.json"])
 
     counts = common.Counts.from_dict(r["counts"])
     dropped = int((split < 0).sum())
@@ -426,39 +412,42 @@ def prepare(cfg: StructurePrepConfig) -> dict[str, Any]:
         counts.reject("heldout_homolog_in_train", f"{dropped} held-out chains with a train hit", n=dropped)
     manifest = {
         "kind": "structures", "config": asdict(cfg), "input_format": r["format"],
-        "tools": {"mmseqs": common.mmseqs_version() if c["clusters"] else None},
+        "tools": {"mmseqs": mmseqs_version() if c["clusters"] else None},
         "chains": r["chains"], "residues": r["residues"], "clusters": c["clusters"],
         "leakage": sp["leakage"], "splits": s["splits"], "tokenizer": "tokenizer.json",
-        "stages": {"seconds": stages.seconds, "ran": stages.ran, "skipped": stages.skipped},
     }
     if sum(v["records"] for v in s["splits"].values()) != counts.kept:
         raise AssertionError("shards hold a different number of chains than were kept")
-    common.finish(out, manifest, counts, f"fm-prep structures {out}")
-    return manifest
+    return common.finish(out, manifest, counts, f"fm-prep structures {out}", stages)
+
+
+def prepare_slice(out: str | Path, **overrides: Any) -> dict[str, Any]:
+    """``fm-prep structures --slice --out <out>``: the committed slice (about 20 s; resumable)."""
+    return prepare(StructurePrepConfig(**{**SLICE_DEFAULTS, "out": str(out), **overrides}))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = StructurePrepConfig()
-    p.add_argument("--input", default=d.input, help="structure_db.dat (plain/gzip), a PDB/mmCIF file or a folder")
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--min-length", type=int, default=d.min_length)
-    p.add_argument("--max-length", type=int, default=d.max_length)
-    p.add_argument("--identity", type=float, default=d.identity)
-    p.add_argument("--coverage", type=float, default=d.coverage)
-    p.add_argument("--cluster-steps", type=int, default=d.cluster_steps)
-    p.add_argument("--valid-fraction", type=float, default=d.valid_fraction)
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
+    p.add_argument("--slice", action="store_true",
+                   help="the committed 320-chain slice; the flags not given come from "
+                        + ", ".join(f"{k}={v}" for k, v in SLICE_DEFAULTS.items() if k != "input"))
+    p.add_argument("--input", help=f"structure_db.dat (plain/gzip), a PDB/mmCIF file or a folder (default {d.input})")
+    p.add_argument("--out", help=f"default {d.out}")
+    common.add_options(p, d, {"min_length": int, "max_length": int, "identity": float, "coverage": float,
+                              "cluster_steps": int})
+    p.add_argument("--valid-fraction", type=float, help=f"default {d.valid_fraction}")
+    p.add_argument("--test-fraction", type=float, help=f"default {d.test_fraction}")
     p.add_argument("--drop-homologs", action="store_true", help="drop held-out chains with any train hit")
     p.add_argument("--homolog-identity", type=float, default=d.homolog_identity)
     p.add_argument("--no-dssp", dest="dssp", action="store_false")
     p.add_argument("--mkdssp", default=d.mkdssp)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--shard-tokens", type=int, default=d.shard_tokens)
+    common.add_options(p, d, {"seed": int, "threads": int, "shard_tokens": int})
 
 
 def from_args(args: argparse.Namespace) -> StructurePrepConfig:
-    return StructurePrepConfig(**{k: getattr(args, k) for k in StructurePrepConfig.__dataclass_fields__})
+    """The flags given, then ``--slice``'s defaults (with ``--slice``), then StructurePrepConfig's."""
+    given = {k: getattr(args, k) for k in StructurePrepConfig.__dataclass_fields__ if getattr(args, k) is not None}
+    return StructurePrepConfig(**{**(SLICE_DEFAULTS if args.slice else {}), **given})
 
 
 def mkdssp_version(binary: str = "mkdssp") -> str:

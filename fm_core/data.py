@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fm_core.masking import IGNORE, MaskingConfig
+from fm_core.padding import pad_batch
 from fm_core.resume import resumable
 from fm_core.tokenizer import Tokenizer
 
@@ -172,10 +173,10 @@ class MLMCollator:
     ``seq_lens`` (S,) gives their lengths (the model's packed input). Masking is identical.
     """
 
-    def __init__(self, tokenizer: Tokenizer, max_length: int, masking: MaskingConfig = MaskingConfig(),
+    def __init__(self, tokenizer: Tokenizer, max_length: int, masking: MaskingConfig,
                  random_crop: bool = True, packing: bool = False):
         self.tok = tokenizer
-        self.n_special = len(tokenizer.add_special_tokens(np.zeros(0, dtype=np.int64)))
+        self.n_special = tokenizer.num_special_added
         self.max_regular = max_length - self.n_special
         if self.max_regular < 1:
             raise ValueError(f"max_length={max_length} leaves no room beside {self.n_special} special tokens")
@@ -209,15 +210,9 @@ class MLMCollator:
                 "seq_lens": torch.tensor([len(x) for x in inputs]),  # (S,)
                 "index": index,
             }
-        width = max(len(x) for x in inputs)
-        batch_inputs = torch.full((len(inputs), width), self.tok.pad_id, dtype=torch.long)
-        batch_labels = torch.full((len(inputs), width), IGNORE, dtype=torch.long)
-        for row, (x, y) in enumerate(zip(inputs, labels, strict=True)):
-            batch_inputs[row, : len(x)] = x
-            batch_labels[row, : len(y)] = y
         return {
-            "input_ids": batch_inputs,  # (B, L)
-            "labels": batch_labels,  # (B, L), IGNORE except at selected positions
+            "input_ids": pad_batch(inputs, self.tok.pad_id),  # (B, L)
+            "labels": pad_batch(labels, IGNORE),  # (B, L), IGNORE except at selected positions
             "index": index,
         }
 
@@ -229,19 +224,19 @@ class MLMDataModule(L.LightningDataModule):
     """Train/validation sequence datasets behind token-budget batching and MLM collation.
 
     ``train``/``val`` are factories (Hydra ``_partial_``) called with ``tokenizer=``; the corpus
-    (FASTA, shards, code) is theirs to read. ``packing=True`` packs each batch into one row without
+    (FASTA, shards, code) is theirs to read. ``max_length`` is the model's context length
+    (``fm_core.train`` passes ``net.config.max_length``). ``packing=True`` packs each batch into one row without
     padding and counts real tokens against ``max_tokens``.
     """
 
     def __init__(self, tokenizer: Tokenizer, train: DatasetFactory, val: DatasetFactory, *,
-                 max_length: int = 1024, max_tokens: int = 16384, max_batch_size: int | None = None,
-                 masking: Any = None, num_workers: int = 0, seed: int = 0, packing: bool = False):
+                 max_length: int, max_tokens: int = 16384, max_batch_size: int | None = None,
+                 masking: Any, num_workers: int = 0, seed: int = 0, packing: bool = False):
         super().__init__()
         self.tokenizer = tokenizer
         self.train_factory, self.val_factory = train, val
         self.max_length, self.max_tokens, self.max_batch_size = max_length, max_tokens, max_batch_size
-        # a strategy object (Hydra-instantiated from a ``_target_``) or a plain dict of MaskingConfig fields
-        self.masking = masking if callable(masking) else MaskingConfig(**(masking or {}))
+        self.masking = masking  # a strategy (fm_core.masking), built from the data config's ``_target_``
         self.num_workers, self.seed = num_workers, seed
         self.packing = packing
         self.train_set: SequenceDataset | None = None
@@ -262,8 +257,7 @@ class MLMDataModule(L.LightningDataModule):
 
     def model_lengths(self, ds: SequenceDataset) -> np.ndarray:
         """Tokens each sample occupies in a batch: cropped, special tokens included."""
-        n_special = len(self.tokenizer.add_special_tokens(np.zeros(0, dtype=np.int64)))
-        return np.minimum(ds.lengths + n_special, self.max_length)
+        return np.minimum(ds.lengths + self.tokenizer.num_special_added, self.max_length)
 
     def batch_sampler(self, ds: SequenceDataset, *, shuffle: bool) -> TokenBudgetBatchSampler:
         world, rank = self._world()

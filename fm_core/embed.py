@@ -36,6 +36,7 @@ from safetensors.numpy import load_file, save_file
 
 from fm_core.data import ReadStats, TokenBudgetBatchSampler
 from fm_core.model import MaskedLM
+from fm_core.padding import pad_batch
 from fm_core.tokenizer import InvalidRecordError, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Embedder:
         probe_id = int(tokenizer.random_ids[0])
         probe = tokenizer.add_special_tokens(np.array([probe_id], dtype=np.int64))
         self.prefix = int(np.flatnonzero(probe == probe_id)[0])  # specials before the first residue
-        self.n_special = len(probe) - 1
+        self.n_special = tokenizer.num_special_added
         self.max_length = int(max_length or cfg.max_length)
         self.width = self.max_length - self.n_special
         if self.width < 2:
@@ -102,11 +103,7 @@ class Embedder:
         self.dim = cfg.embed_dim
 
     def _tokens(self, arrays: list[np.ndarray]) -> torch.Tensor:
-        rows = [self.tok.add_special_tokens(a) for a in arrays]
-        out = np.full((len(rows), max(len(r) for r in rows)), self.tok.pad_id, dtype=np.int64)
-        for i, r in enumerate(rows):
-            out[i, : len(r)] = r
-        return torch.from_numpy(out).to(self.device)
+        return pad_batch([self.tok.add_special_tokens(a) for a in arrays], self.tok.pad_id).to(self.device)
 
     @torch.inference_mode()
     def embed(self, records: Sequence[tuple[str, np.ndarray]],
@@ -391,14 +388,7 @@ def run_embedding(stream: Any, source: str, net: MaskedLM, tokenizer: Tokenizer,
     store = ShardStore(out_dir, sig, overwrite=overwrite)
     bound_heap_fragmentation()
     out_dir = Path(out_dir)
-    manifest = {"format": FORMAT, "layers": embedder.layers, "dim": embedder.dim, "per_residue": per_residue,
-                "dtype": out_dtype, "window": {"width": embedder.width, "overlap": embedder.overlap,
-                                               "merge": "each residue from the window where it is most central"},
-                "index": "index.tsv (id, shard, row, length, windows)", "shards": "shards/shard-NNNNN.safetensors",
-                "arrays": {"mean.layer{L}": "(N, D)", "lengths": "(N,)",
-                           **({"residues.layer{L}": "(sum lengths, D)", "offsets": "(N+1,)"} if per_residue else {})},
-                "model": net.config.to_dict(), "signature": sig}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    _write_manifest(out_dir, embedder, net, sig, per_residue=per_residue, out_dtype=out_dtype)
     stats = ReadStats(source)
     stats.read = store.state["read"]
     stats.kept = store.state["embedded"]
@@ -436,8 +426,24 @@ def run_embedding(stream: Any, source: str, net: MaskedLM, tokenizer: Tokenizer,
         if done:
             store.finish()
     bar.close()
-    state = store.state
     stats.check()
+    return _metrics(store, stats, time.perf_counter() - started)
+
+
+def _write_manifest(out_dir: Path, embedder: Embedder, net: MaskedLM, sig: dict[str, Any], *,
+                    per_residue: bool, out_dtype: str) -> None:
+    manifest = {"format": FORMAT, "layers": embedder.layers, "dim": embedder.dim, "per_residue": per_residue,
+                "dtype": out_dtype, "window": {"width": embedder.width, "overlap": embedder.overlap,
+                                               "merge": "each residue from the window where it is most central"},
+                "index": "index.tsv (id, shard, row, length, windows)", "shards": "shards/shard-NNNNN.safetensors",
+                "arrays": {"mean.layer{L}": "(N, D)", "lengths": "(N,)",
+                           **({"residues.layer{L}": "(sum lengths, D)", "offsets": "(N+1,)"} if per_residue else {})},
+                "model": net.config.to_dict(), "signature": sig}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _metrics(store: ShardStore, stats: ReadStats, this_run_seconds: float) -> dict[str, Any]:
+    state = store.state
     metrics: dict[str, Any] = {f"data/{k}": v for k, v in stats.as_dict("records").items()}
     metrics.update({
         "embed/finished": bool(state["finished"]),
@@ -448,7 +454,7 @@ def run_embedding(stream: Any, source: str, net: MaskedLM, tokenizer: Tokenizer,
         "embed/seconds": state["seconds"],
         "embed/sequences_per_second": state["embedded"] / max(state["seconds"], 1e-9),
         "embed/residues_per_second": state["residues"] / max(state["seconds"], 1e-9),
-        "embed/this_run_seconds": time.perf_counter() - started,
+        "embed/this_run_seconds": this_run_seconds,
         "embed/peak_rss_mb": peak_rss_mb(),
         "embed/resumed": store.resumed,
     })

@@ -2,35 +2,35 @@
 
 Loading never unpickles: weights come from safetensors, or from a Lightning checkpoint read with
 ``torch.load(weights_only=True)``. Other packages register the foreign formats they can import
-(``register_format``; e.g. ``bio_fm.esm_compat`` for fair-esm ESM-2 ``.pt`` files), each with the
-exact non-tensor globals its files may contain: nothing else is ever unpickled.
+(``register_format``, e.g. for fair-esm ESM-2 ``.pt`` files), each with the exact non-tensor
+globals its files may contain: nothing else is ever unpickled. The model's heads are recorded by
+kind and constructor arguments and rebuilt from ``fm_core.registry.HEADS``; tokenizers likewise
+from ``fm_core.registry.TOKENIZERS``. A kind that no installed package registers is refused.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fm_core.checkpoint import CheckpointError, atomic_write_bytes, safe_torch_load
-from fm_core.config import SIZES, ConfigError, EncoderConfig
+from fm_core.config import SHAPE_FIELDS, SIZES, ConfigError, EncoderConfig
 from fm_core.model import MaskedLM
-from fm_core.tokenizer import TRUSTED_PACKAGES, Tokenizer, tokenizer_from_dict
+from fm_core.registry import FORMATS, LEGACY_WEIGHTS, load_plugins
+from fm_core.tokenizer import Tokenizer, tokenizer_from_dict
 
 log = logging.getLogger(__name__)
 FORMAT = "fm-toolkit/1"
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
-# weights that older exports may lack: rebuilt at their initial values, with a warning
-OPTIONAL_PREFIXES = ("contact_head.",)
 
 
 @dataclass(frozen=True)
@@ -38,31 +38,25 @@ class ForeignFormat:
     """A checkpoint format another package can import.
 
     ``accepts(obj)`` looks at what ``torch.load(weights_only=True)`` returned; ``load(obj, path)``
-    builds ``(MaskedLM, Tokenizer)`` or raises ``CheckpointError``. ``safe_globals`` lists the only
-    non-tensor classes its files may hold (allowed for that load only).
+    returns the ``Checkpoint`` it holds (config, tokenizer, weights in our names, heads), no model
+    built, or raises ``CheckpointError``. ``safe_globals`` lists the only non-tensor classes its
+    files may hold (allowed for that load only).
     """
 
     name: str
     accepts: Callable[[Any], bool]
-    load: Callable[[Any, Path], tuple[MaskedLM, Tokenizer]]
+    load: Callable[[Any, Path], Checkpoint]
     safe_globals: tuple[Any, ...] = ()
 
 
-_FORMATS: dict[str, ForeignFormat] = {}
-
-
 def register_format(fmt: ForeignFormat) -> ForeignFormat:
-    _FORMATS[fmt.name] = fmt
-    return fmt
+    return FORMATS.register(fmt.name, fmt)
 
 
-def _load_plugins() -> None:
-    """Import this toolkit's packages so that the formats they know are registered."""
-    for package in TRUSTED_PACKAGES:
-        try:
-            importlib.import_module(package)
-        except ImportError:  # pragma: no cover - a package of the toolkit not installed
-            pass
+def describe(net: MaskedLM, tokenizer: Tokenizer | None) -> dict[str, Any]:
+    """What rebuilds ``net`` beside its weights: config, tokenizer and heads (kind + arguments)."""
+    return {"model": net.config.to_dict(), "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+            "heads": net.head_specs()}
 
 
 def save_pretrained(directory: str | Path, net: MaskedLM, tokenizer: Tokenizer,
@@ -73,8 +67,7 @@ def save_pretrained(directory: str | Path, net: MaskedLM, tokenizer: Tokenizer,
     tmp = directory / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "fm_format": FORMAT})
     os.replace(tmp, directory / WEIGHTS_NAME)
-    spec = {"format": FORMAT, "model": net.config.to_dict(), "tokenizer": tokenizer.to_dict(),
-            "metadata": metadata or {}}
+    spec = {"format": FORMAT, **describe(net, tokenizer), "metadata": metadata or {}}
     atomic_write_bytes(directory / CONFIG_NAME, json.dumps(spec, indent=2, sort_keys=True).encode())
     return directory
 
@@ -89,7 +82,44 @@ def _read_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
-def _build(spec: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> tuple[MaskedLM, Tokenizer]:
+def upgrade_legacy_weights(state: dict[str, torch.Tensor], net: MaskedLM, tokenizer: Tokenizer,
+                           source: Path | str) -> dict[str, torch.Tensor]:
+    """Weights an older version wrote outside ``heads`` (``LEGACY_WEIGHTS``: prefix -> upgrade):
+    ``upgrade(tokenizer, config)`` returns ``(name, head)``, attached to ``net`` with the weights
+    moved under ``heads.<name>.``, or None to drop them. Other unknown weights are left for the
+    caller to refuse."""
+    known = set(net.state_dict())
+    unknown = [k for k in state if k not in known]
+    if any(not k.startswith(tuple(LEGACY_WEIGHTS)) for k in unknown):
+        load_plugins()
+    state = dict(state)
+    for prefix in LEGACY_WEIGHTS:
+        keys = [k for k in unknown if k.startswith(prefix)]
+        if not keys:
+            continue
+        target = LEGACY_WEIGHTS.get(prefix)(tokenizer, net.config)
+        moved = {k.removeprefix(prefix): state.pop(k) for k in keys}
+        if target is None:
+            log.warning("%s: dropped %d weights under %r written by an older version (no use for this "
+                        "model)", source, len(keys), prefix)
+            continue
+        name, head = target
+        net.heads[name] = head
+        state.update({f"heads.{name}.{k}": v for k, v in moved.items()})
+    return state
+
+
+class Checkpoint(NamedTuple):
+    """What a checkpoint holds, read before any model is built."""
+
+    config: EncoderConfig
+    tokenizer: Tokenizer
+    state: dict[str, torch.Tensor]
+    heads: dict[str, Any]  # head_specs: {name: {"kind", "args"}}
+    source: Path
+
+
+def _read(spec: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> Checkpoint:
     try:
         cfg = EncoderConfig.from_dict(spec["model"])
         tokenizer = tokenizer_from_dict(spec["tokenizer"])
@@ -97,25 +127,53 @@ def _build(spec: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -
         raise CheckpointError(f"{source}: invalid model/tokenizer description ({err})") from err
     if tokenizer.vocab_size != cfg.vocab_size:
         raise CheckpointError(f"{source}: tokenizer has {tokenizer.vocab_size} tokens, model {cfg.vocab_size}")
+    return Checkpoint(cfg, tokenizer, state, spec.get("heads") or {}, source)
+
+
+def build(ckpt: Checkpoint) -> MaskedLM:
+    """The model a ``Checkpoint`` describes (its config possibly changed), weights loaded, in eval mode."""
+    cfg, tokenizer, state, _, source = ckpt
     net = MaskedLM(cfg)
+    try:
+        net.add_heads(ckpt.heads)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: invalid head description ({err})") from err
+    state = upgrade_legacy_weights(state, net, tokenizer, source)
     try:
         missing, unexpected = net.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatch
         raise CheckpointError(f"{source}: weights do not fit the described model ({err})") from err
-    optional = [k for k in missing if k.startswith(OPTIONAL_PREFIXES)]
-    missing = [k for k in missing if not k.startswith(OPTIONAL_PREFIXES)]
     if missing or unexpected:
         raise CheckpointError(f"{source}: weights do not fit the described model "
                               f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    if optional:
-        log.warning("%s: no weights for %s (an older export): left at their initial values", source, optional)
-    net.eval()
-    return net, tokenizer
+    return net.eval()
+
+
+def _safe_globals() -> tuple[Any, ...]:
+    return tuple(g for fmt in FORMATS.values() for g in fmt.safe_globals)
+
+
+def _read_torch_file(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` allowing the globals of the registered formats; when that
+    is refused, once more after importing the plugins if they add formats of their own."""
+    allowed = _safe_globals()
+    try:
+        return safe_torch_load(path, allowed)
+    except CheckpointError:
+        if not load_plugins() or _safe_globals() == allowed:
+            raise
+    return safe_torch_load(path, _safe_globals())
 
 
 def load_pretrained(path: str | Path) -> tuple[MaskedLM, Tokenizer]:
     """An export directory (or its config.json), a Lightning ``.ckpt`` of ``fm-pretrain``, or a
     file of a registered foreign format (e.g. a fair-esm ESM-2 ``.pt``)."""
+    ckpt = read_checkpoint(path)
+    return build(ckpt), ckpt.tokenizer
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """(config, tokenizer, weights, heads) of a checkpoint that ``load_pretrained`` reads, no model built."""
     path = Path(path)
     if path.is_dir() or path.name == CONFIG_NAME:
         directory = path if path.is_dir() else path.parent
@@ -124,35 +182,31 @@ def load_pretrained(path: str | Path) -> tuple[MaskedLM, Tokenizer]:
             state = load_file(str(directory / WEIGHTS_NAME))
         except (OSError, SafetensorError) as err:
             raise CheckpointError(f"{directory / WEIGHTS_NAME}: unreadable weights ({err})") from err
-        return _build(spec, state, directory)
-    _load_plugins()
-    allowed = tuple(g for fmt in _FORMATS.values() for g in fmt.safe_globals)
-    ckpt = safe_torch_load(path, allowed)
+        return _read(spec, state, directory)
+    ckpt = _read_torch_file(path)
     meta = ckpt.get("fm_toolkit") if isinstance(ckpt, dict) else None
     if meta:
         state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        return _build({"format": FORMAT, **meta}, state, path)
-    for fmt in _FORMATS.values():
-        if fmt.accepts(ckpt):
-            return fmt.load(ckpt, path)
-    known = ", ".join(["fm-toolkit export directory", "fm-toolkit .ckpt", *_FORMATS])
+        return _read({"format": FORMAT, **meta}, state, path)
+    fmt = FORMATS.first(lambda f: f.accepts(ckpt))
+    if fmt is not None:
+        return fmt.load(ckpt, path)
+    known = ", ".join(["fm-toolkit export directory", "fm-toolkit .ckpt", *FORMATS])
     raise CheckpointError(f"{path}: not an fm-toolkit checkpoint (no 'fm_toolkit' entry) and no "
                           f"known format recognises it (known: {known})")
 
 
-SHAPE_FIELDS = ("num_layers", "embed_dim", "num_heads", "ffn_dim", "vocab_size")
-
-
 def init_from_checkpoint(path: str | Path, tokenizer: Tokenizer | None = None, size: str | None = None,
                          **overrides: Any) -> MaskedLM:
-    """A backbone initialised from a checkpoint (``model.init_from``): its shape comes from the
-    checkpoint; ``size`` or shape ``overrides`` must agree with it, other fields (``max_length``,
-    ``activation_checkpointing``...) may be changed. The tokenizer must be the checkpoint's."""
+    """A backbone initialised from a checkpoint (``model.init_from``): its shape and conventions
+    come from the checkpoint; ``size`` or shape ``overrides`` must agree with it, other fields
+    (``max_length``, ``causal``, ``activation_checkpointing``...) may be changed. The tokenizer
+    must be the checkpoint's. The model is built once, with the changed config."""
     if size is not None and size not in SIZES:
         raise ConfigError(f"unknown model size {size!r}; known sizes: {', '.join(SIZES)}")
-    net, ckpt_tokenizer = load_pretrained(path)
-    cfg = net.config
-    expected = dict(SIZES[size]) if size is not None else {}
+    ckpt = read_checkpoint(path)
+    cfg = ckpt.config
+    expected = {k: v for k, v in SIZES[size].items() if k in SHAPE_FIELDS} if size is not None else {}
     expected.update({k: v for k, v in overrides.items() if k in SHAPE_FIELDS and v is not None})
     conflicts = {k: (v, getattr(cfg, k)) for k, v in expected.items() if getattr(cfg, k) != v}
     if conflicts:
@@ -160,18 +214,11 @@ def init_from_checkpoint(path: str | Path, tokenizer: Tokenizer | None = None, s
         raise ConfigError(f"model.init_from={path}: the checkpoint's shape disagrees with the configured "
                           f"{'size ' + repr(size) + ': ' if size else ''}{said}. Drop the size "
                           f"(model=from_checkpoint) to take the shape from the checkpoint.")
-    if tokenizer is not None and tokenizer.to_dict() != ckpt_tokenizer.to_dict():
-        raise ConfigError(f"model.init_from={path}: the checkpoint's tokenizer ({ckpt_tokenizer.to_dict().get('kind')}) "
+    if tokenizer is not None and tokenizer.to_dict() != ckpt.tokenizer.to_dict():
+        raise ConfigError(f"model.init_from={path}: the checkpoint's tokenizer ({ckpt.tokenizer.to_dict().get('kind')}) "
                           f"differs from the data's ({tokenizer.to_dict().get('kind')})")
     changes = {k: v for k, v in overrides.items() if k not in SHAPE_FIELDS and v is not None}
-    if changes:
-        values = cfg.to_dict()
-        values.update(changes)
-        new_cfg = EncoderConfig.from_dict(values)
-        state = net.state_dict()
-        net = MaskedLM(new_cfg)
-        net.load_state_dict(state)
-    net.config.extra = {**net.config.extra, "init_from": str(path)}
-    return net.train()
+    values = {**cfg.to_dict(), **changes, "extra": {**cfg.extra, "init_from": str(path)}}
+    return build(ckpt._replace(config=EncoderConfig.from_dict(values))).train()
 
 

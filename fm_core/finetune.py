@@ -6,9 +6,9 @@ loggers built from the shared config groups) and returns flat metrics. This func
 every task shares: seeding, the run directory, ``metrics.json``, logging the final metrics, and
 closing W&B. A task is any object with ``run(run: FinetuneRun) -> dict[str, float | int | str]``::
 
-    # conf/task/contacts.yaml
-    name: contacts
-    _target_: tasks.contacts.task.ContactTask
+    # conf/task/<name>.yaml
+    name: my_task
+    _target_: my_package.MyTask      # built with the keys below; run(FinetuneRun) -> metrics
     max_train_chains: 20
 """
 
@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from fm_core.model import MaskedLM, build_model
+from fm_core.model import MaskedLM
 from fm_core.plots import log_image, save_figure
 from fm_core.tokenizer import Tokenizer
 from fm_core.train import instantiate_group, write_metrics
@@ -52,19 +52,23 @@ class FinetuneRun:
 
     @property
     def init_from(self) -> str | None:
-        """The backbone checkpoint (export dir, fm-pretrain .ckpt or fair-esm .pt); None = random init."""
-        value = self.cfg.get("init_from")
-        return str(value) if value else None
+        """``model.init_from``: the backbone checkpoint (export dir, fm-pretrain .ckpt or fair-esm
+        .pt); None for a random-init size (``model=mini``) or when none is given."""
+        model = self.cfg.get("model")
+        if model is None or OmegaConf.is_missing(model, "init_from"):
+            return None
+        return str(model.init_from) if model.get("init_from") else None
 
-    def backbone(self, tokenizer: Tokenizer | None = None, size: str | None = None, **overrides: Any) -> MaskedLM:
-        """The encoder to adapt: loaded from ``init_from`` (its shape and tokenizer are checked against
-        ``size``/``tokenizer`` when given), or randomly initialised with ``size`` (the same shape as
-        the pre-trained one makes the random-init baseline)."""
-        if self.init_from is None and (size is None or tokenizer is None):
-            raise ValueError("fm-finetune: give init_from=<checkpoint> (or a task with a random-init size "
-                             "and tokenizer) to build a backbone")
-        return build_model(size if self.init_from is None else None, tokenizer, init_from=self.init_from,
-                           **overrides)
+    def backbone(self, tokenizer: Tokenizer, **overrides: Any) -> MaskedLM:
+        """The encoder to adapt, built once from the ``model`` group (as fm-pretrain builds it):
+        loaded from ``model.init_from`` (its tokenizer must be ``tokenizer``), or randomly
+        initialised at ``model.size``. ``overrides`` are the task's EncoderConfig fields
+        (e.g. ``causal=True, max_length=...``)."""
+        model = self.cfg.get("model")
+        if model is None or (OmegaConf.is_missing(model, "init_from") and model.get("size") is None):
+            raise ValueError("fm-finetune: give model.init_from=<checkpoint> or a random-init size "
+                             "(model=mini, model=tiny...) to build a backbone")
+        return instantiate(model, tokenizer=tokenizer, **overrides)
 
     def random_backbone(self, like: MaskedLM, tokenizer: Tokenizer, seed: int | None = None) -> MaskedLM:
         """A randomly initialised encoder with ``like``'s exact shape (the random-init baseline)."""

@@ -19,9 +19,12 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class MaskingConfig:
-    mask_prob: float = 0.15
-    mask_token_prob: float = 0.8
-    random_token_prob: float = 0.1
+    """Token-level BERT masking. No defaults here: the data config (``conf/data/*.yaml``) is the one
+    home of the numbers (ESM-2 and BERT use 0.15 / 0.8 / 0.1)."""
+
+    mask_prob: float
+    mask_token_prob: float
+    random_token_prob: float
 
     def __post_init__(self) -> None:
         if not 0 < self.mask_prob <= 1:
@@ -31,11 +34,18 @@ class MaskingConfig:
         ):
             raise ValueError("mask_token_prob + random_token_prob must lie in [0, 1]")
 
-    # A masking strategy is any object with ``for_tokenizer(tokenizer) -> strategy`` and
-    # ``__call__(tokens, maskable, *, mask_id, random_ids, generator) -> (inputs, labels)``; the
-    # data config picks one by ``_target_`` (a plain dict keeps meaning this token-level one).
+    # A masking strategy is any object with ``for_tokenizer(tokenizer) -> strategy``,
+    # ``__call__(tokens, maskable, *, mask_id, random_ids, generator) -> (inputs, labels)`` and
+    # ``expected_mask_fraction``; the data config picks one by ``_target_`` (a plain dict keeps
+    # meaning this token-level one).
     def for_tokenizer(self, tokenizer) -> MaskingConfig:
         return self
+
+    @property
+    def expected_mask_fraction(self) -> float:
+        """Expected share of maskable tokens replaced by ``<mask>``: the ratio the model's token
+        dropout assumes at training time (``EncoderConfig.mask_ratio_train``)."""
+        return self.mask_prob * self.mask_token_prob
 
     def __call__(self, tokens: Tensor, maskable: Tensor, *, mask_id: int, random_ids: Tensor,
                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -49,23 +59,14 @@ def mask_tokens(
     mask_id: int,
     random_ids: Tensor,
     generator: torch.Generator,
-    cfg: MaskingConfig = MaskingConfig(),
+    cfg: MaskingConfig,
 ) -> tuple[Tensor, Tensor]:
     """tokens (L,) long, maskable (L,) bool -> (corrupted inputs (L,), labels (L,))."""
     u = torch.rand(tokens.shape, generator=generator)
     selected = maskable & (u < cfg.mask_prob)
-    labels = torch.where(selected, tokens, torch.full_like(tokens, IGNORE))
-    # a second uniform decides what happens to each selected position
-    action = torch.rand(tokens.shape, generator=generator)
-    to_mask = selected & (action < cfg.mask_token_prob)
-    to_random = selected & (action >= cfg.mask_token_prob) & (
-        action < cfg.mask_token_prob + cfg.random_token_prob
-    )
-    inputs = tokens.masked_fill(to_mask, mask_id)
-    if to_random.any():
-        pick = torch.randint(len(random_ids), tokens.shape, generator=generator)
-        inputs = torch.where(to_random, random_ids[pick], inputs)
-    return inputs, labels
+    # a second uniform (inside) decides what happens to each selected position
+    return _bert_corrupt(tokens, selected, mask_id=mask_id, random_ids=random_ids, generator=generator,
+                         mask_token_prob=cfg.mask_token_prob, random_token_prob=cfg.random_token_prob)
 
 
 def _bert_corrupt(tokens: Tensor, selected: Tensor, *, mask_id: int, random_ids: Tensor,
@@ -93,8 +94,8 @@ class SpanMasking:
     masking is mostly solved by copying the rest of an identifier.
     """
 
-    def __init__(self, mask_prob: float = 0.15, mean_span: float = 3.0, max_span: int = 10,
-                 whole_words: bool = False, mask_token_prob: float = 0.8, random_token_prob: float = 0.1):
+    def __init__(self, *, mask_prob: float, mean_span: float, max_span: int, whole_words: bool,
+                 mask_token_prob: float, random_token_prob: float):
         MaskingConfig(mask_prob, mask_token_prob, random_token_prob)  # validates the shared fields
         if mean_span < 1 or max_span < 1:
             raise ValueError(f"mean_span ({mean_span}) and max_span ({max_span}) must be >= 1")
@@ -111,6 +112,12 @@ class SpanMasking:
             self.starts_word = torch.tensor([w[0] and i not in special for i, w in enumerate(word)])
             self.ends_word = torch.tensor([w[1] and i not in special for i, w in enumerate(word)])
         return self
+
+    @property
+    def expected_mask_fraction(self) -> float:
+        """Expected share of maskable tokens replaced by ``<mask>``: spans cover ``mask_prob`` of
+        them (the budget), ``mask_token_prob`` of those become ``<mask>``."""
+        return self.mask_prob * self.mask_token_prob
 
     def word_ids(self, tokens: Tensor) -> Tensor:
         """(L,) -> (L,) index of the identifier (word) each token belongs to."""

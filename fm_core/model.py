@@ -10,6 +10,7 @@ token embedding plus a bias). q, k and v are one fused projection (ESM's three, 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from fm_core.config import EncoderConfig
+from fm_core.registry import HEADS
 
 
 class RotaryEmbedding(nn.Module):
@@ -48,9 +50,10 @@ class RotaryEmbedding(nn.Module):
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((-x2, x1), dim=-1)
 
-    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        # q, k: (B, H, L, Dh)
-        cos, sin = self.cos_sin(q.shape[-2], q.device, q.dtype)
+    def forward(self, q: Tensor, k: Tensor, start: int = 0) -> tuple[Tensor, Tensor]:
+        # q, k: (B, H, L, Dh) at positions start .. start + L - 1
+        cos, sin = self.cos_sin(start + q.shape[-2], q.device, q.dtype)
+        cos, sin = cos[start:], sin[start:]  # (L, Dh)
         return q * cos + self.rotate_half(q) * sin, k * cos + self.rotate_half(k) * sin
 
 
@@ -102,12 +105,42 @@ def unpack(x: Tensor, lengths: Tensor | list[int]) -> list[Tensor]:
     return list(x[0].split([int(n) for n in lengths]))
 
 
-def causal_mask(length: int, device: torch.device, key_padding_mask: Tensor | None = None) -> Tensor:
-    """(B or 1, 1, L, L) True where query i may attend key j: j <= i and j not padding, or j == i."""
-    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
+def causal_mask(length: int, device: torch.device, key_padding_mask: Tensor | None = None,
+                start: int = 0) -> Tensor:
+    """(B or 1, 1, L, T) True where query i (at position start + i) may attend key j (T = start + L
+    keys): j <= start + i and j not padding, or j == start + i."""
+    query = torch.arange(start, start + length, device=device)[:, None]  # (L, 1)
+    key = torch.arange(start + length, device=device)[None, :]  # (1, T)
+    allowed = (key <= query)[None, None]
     if key_padding_mask is not None:
         allowed = allowed & ~key_padding_mask[:, None, None, :]
-    return allowed | torch.eye(length, dtype=torch.bool, device=device)
+    return allowed | (key == query)
+
+
+@dataclass
+class KVCache:
+    """One layer's keys and values of the positions decoded so far (the KV cache lives with the
+    attention module, as in litgpt): ``SelfAttention`` rotates the new positions from ``start``,
+    appends their keys and values here and attends over all of them."""
+
+    keys: Tensor | None = None  # (B, H, T, Dh), rotated
+    values: Tensor | None = None  # (B, H, T, Dh)
+    key_padding_mask: Tensor | None = None  # (B, T), True at padding
+
+    @property
+    def start(self) -> int:
+        """Position of the next token: the number of cached ones."""
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def update(self, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Append the new positions (B, H, L, Dh) -> all keys, values (B, H, T, Dh) and padding (B, T)."""
+        if key_padding_mask is None:
+            key_padding_mask = torch.zeros(k.shape[0], k.shape[2], dtype=torch.bool, device=k.device)
+        if self.keys is not None:
+            k, v = torch.cat((self.keys, k), dim=2), torch.cat((self.values, v), dim=2)
+            key_padding_mask = torch.cat((self.key_padding_mask, key_padding_mask), dim=1)
+        self.keys, self.values, self.key_padding_mask = k, v, key_padding_mask
+        return k, v, key_padding_mask
 
 
 class SelfAttention(nn.Module):
@@ -122,8 +155,11 @@ class SelfAttention(nn.Module):
 
     def forward(
         self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False,
-        packing: Packing | None = None,
+        packing: Packing | None = None, cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """x (B, L, D) -> (B, L, D) and the attention maps (B, H, L, T) when ``need_weights``.
+        With a ``cache`` the L new positions follow the cached ones and attend to them too
+        (``key_padding_mask`` (B, L) covers the new positions)."""
         B, L, D = x.shape
         qkv = self.qkv(x).view(B, L, 3, self.num_heads, self.head_dim)
         # bf16 autocast on CPU: the projections gain (AMX), the CPU flash kernel at small head_dim
@@ -135,23 +171,26 @@ class SelfAttention(nn.Module):
             qkv = packing.pad(qkv[0])  # (S, Lmax, 3, H, Dh): sequences side by side, padded
             key_padding_mask = packing.key_padding_mask
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, Dh)
-        q, k = self.rotary(q, k)
+        start = 0 if cache is None else cache.start
+        q, k = self.rotary(q, k, start)
+        if cache is not None:
+            k, v, key_padding_mask = cache.update(k, v, key_padding_mask)  # (B, H, T, Dh), (B, T)
         weights = None
         if self.causal and (need_weights or key_padding_mask is not None):
             # causal and padding together (left padding in batched generation, packed rows): an
             # explicit mask; a position always sees itself, so rows of padding never turn into NaN
-            allowed = causal_mask(q.shape[2], x.device, key_padding_mask)  # (B or 1, 1, L, L)
+            allowed = causal_mask(q.shape[2], x.device, key_padding_mask, start)  # (B or 1, 1, L, T)
             key_padding_mask = None
         else:
             allowed = None
         if need_weights:
             # explicit path: the attention maps are needed (contact prediction, analysis)
-            scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # (B, H, L, L)
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # (B, H, L, T)
             if key_padding_mask is not None:
                 scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
             if allowed is not None:
                 scores = scores.masked_fill(~allowed, float("-inf"))
-            weights = scores.float().softmax(dim=-1)  # (B, H, L, L)
+            weights = scores.float().softmax(dim=-1)  # (B, H, L, T)
             out = weights.type_as(v) @ v  # (B, H, L, Dh)
         else:
             attn_mask = allowed if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
@@ -176,9 +215,9 @@ class TransformerLayer(nn.Module):
 
     def forward(
         self, x: Tensor, key_padding_mask: Tensor | None = None, need_weights: bool = False,
-        packing: Packing | None = None,
+        packing: Packing | None = None, cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        h, weights = self.attn(self.attn_norm(x), key_padding_mask, need_weights, packing)
+        h, weights = self.attn(self.attn_norm(x), key_padding_mask, need_weights, packing, cache)
         x = x + h  # (B, L, D)
         x = x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))  # exact erf GELU, as ESM
         return x, weights
@@ -280,50 +319,12 @@ class MLMHead(nn.Module):
         return F.linear(x, embedding_weight) + self.bias  # (..., V)
 
 
-class ContactHead(nn.Module):
-    """ESM's contact predictor over the attention maps of every layer and head: zero the maps of
-    special and padding positions, drop the first and last token, symmetrise, average product
-    correction (APC), then one logistic regression over the ``layers x heads`` features.
-
-    Rows are laid out as ``add_special_tokens`` writes them (``<cls> residues <eos> <pad>...``);
-    the output covers ``L - 2`` positions, residue ``i`` at index ``i``, like fair-esm's.
-    """
-
-    def __init__(self, cfg: EncoderConfig):
-        super().__init__()
-        self.regression = nn.Linear(cfg.num_layers * cfg.num_heads, 1)
-
-    @staticmethod
-    def residue_mask(tokens: Tensor, pad_id: int) -> Tensor:
-        """(B, L) True at residues: not padding, not the first and not the last real token."""
-        real = tokens.ne(pad_id)
-        last = real.sum(-1, keepdim=True) - 1  # (B, 1) index of <eos>
-        pos = torch.arange(tokens.shape[1], device=tokens.device)[None]
-        return real & (pos > 0) & (pos != last)
-
-    def features(self, attentions: Tensor, residue_mask: Tensor) -> Tensor:
-        """(B, layers, H, L, L) -> (B, L-2, L-2, layers*H): symmetrised, APC-corrected maps."""
-        m = residue_mask.to(attentions.dtype)
-        x = attentions * (m[:, :, None] * m[:, None, :])[:, None, None]
-        x = x[..., 1:-1, 1:-1]
-        B, layers, H, L, _ = x.shape
-        x = x.reshape(B, layers * H, L, L)
-        x = x + x.transpose(-1, -2)  # symmetrise
-        row, col = x.sum(-1, keepdim=True), x.sum(-2, keepdim=True)
-        x = x - row * col / x.sum((-1, -2), keepdim=True)  # APC
-        return x.permute(0, 2, 3, 1)  # (B, L-2, L-2, C)
-
-    def forward(self, attentions: Tensor, residue_mask: Tensor) -> Tensor:
-        """Contact logits (B, L-2, L-2); ``sigmoid`` gives fair-esm's contact probabilities."""
-        feats = self.features(attentions, residue_mask).to(self.regression.weight.dtype)
-        return self.regression(feats).squeeze(-1)
-
-
 class MaskedLM(nn.Module):
-    """Encoder + tied MLM head (+ a contact head). ``forward`` mirrors fair-esm's ESM2 outputs.
-
-    The contact head never runs on the MLM path and is frozen by default (ESM fits it apart, by
-    logistic regression); ``net.contact_head.requires_grad_(True)`` makes it trainable.
+    """Encoder + tied MLM head, and ``heads``: named modules over the backbone's outputs (none by
+    default). Each head is of a kind registered in ``fm_core.registry.HEADS`` (``register_head``),
+    so an export records it (``head_specs``) and a load rebuilds it (``add_heads``); its weights are
+    ``heads.<name>.*``. ``forward`` mirrors fair-esm's ESM2 outputs (logits, representations,
+    attentions); a head is run by the code that uses it, never on the MLM path.
     """
 
     def __init__(self, cfg: EncoderConfig):
@@ -331,14 +332,14 @@ class MaskedLM(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.lm_head = MLMHead(cfg)
-        self.contact_head = ContactHead(cfg)
+        self.heads = nn.ModuleDict()
         self.reset_parameters()
-        self.contact_head.requires_grad_(False)
 
     def reset_parameters(self) -> None:
+        """The backbone's initialisation (encoder and MLM head); heads initialise themselves."""
         std = self.config.init_std
         out_std = std / math.sqrt(2 * self.config.num_layers)  # residual-branch outputs (GPT-2)
-        for name, module in self.named_modules():
+        for name, module in itertools.chain(self.encoder.named_modules(), self.lm_head.named_modules()):
             if isinstance(module, nn.Linear):
                 is_residual_out = name.endswith(("attn.out_proj", "fc2"))
                 nn.init.normal_(module.weight, std=out_std if is_residual_out else std)
@@ -352,39 +353,56 @@ class MaskedLM(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.zeros_(self.lm_head.bias)
 
+    def head_specs(self) -> dict[str, dict[str, Any]]:
+        """``{name: {"kind", "args"}}`` of every head: what an export writes to rebuild them."""
+        specs = {}
+        for name, head in self.heads.items():
+            if HEADS.get(head.kind) is not type(head):  # a class without register_head has no kind
+                raise TypeError(f"head {name!r} is not the class registered as kind {head.kind!r}")
+            specs[name] = {"kind": head.kind, "args": head.to_dict()}
+        return specs
+
+    def add_heads(self, specs: dict[str, dict[str, Any]]) -> None:
+        """Build the heads ``head_specs`` described, by registered kind (unknown kinds are refused)."""
+        for name, spec in specs.items():
+            self.heads[name] = HEADS.get(spec["kind"])(**spec.get("args", {}))
+
     def mlm_logits(self, hidden: Tensor) -> Tensor:
         return self.lm_head(hidden, self.encoder.embed_tokens.weight)
 
     def forward(
         self, tokens: Tensor, repr_layers: Iterable[int] = (), need_weights: bool = False,
-        return_contacts: bool = False, seq_lens: Tensor | None = None,
+        seq_lens: Tensor | None = None,
     ) -> dict[str, Any]:
-        out = self.encoder(tokens, repr_layers=repr_layers, need_weights=need_weights or return_contacts,
-                           seq_lens=seq_lens)
+        out = self.encoder(tokens, repr_layers=repr_layers, need_weights=need_weights, seq_lens=seq_lens)
         out["logits"] = self.mlm_logits(out["hidden"])  # (B, L, V)
-        if return_contacts:
-            mask = ContactHead.residue_mask(tokens, self.config.pad_id)
-            out["contacts"] = self.contact_head(out["attentions"], mask).sigmoid()  # (B, L-2, L-2)
         return out
 
-    def predict_contacts(self, tokens: Tensor) -> Tensor:
-        return self(tokens, return_contacts=True)["contacts"]
 
+def build_model(size: str | None, tokenizer: Any, init_from: str | None = None,
+                mask_ratio_train: float | None = None, **overrides: Any) -> MaskedLM:
+    """Hydra entry point (``conf/model/*.yaml``), the one way a backbone is built in every app.
 
-def build_model(size: str | None, tokenizer: Any, init_from: str | None = None, **overrides: Any) -> MaskedLM:
-    """Hydra entry point: a named size from the registry, vocabulary and special ids from the tokenizer.
+    A new model: the named size from the registry (shape and context length), vocabulary and
+    special ids from the tokenizer, the conventions of its domain from
+    ``tokenizer.encoder_defaults()`` (e.g. token dropout for proteins); explicit ``overrides`` win
+    and ``None`` means "the default". ``mask_ratio_train`` is the masking rate of the data it
+    will train on (fm-pretrain derives it from ``data.masking``).
 
-    ``init_from`` (an export directory, an fm-pretrain ``.ckpt`` or a fair-esm ESM-2 ``.pt``)
-    initialises the weights; the shape then comes from the checkpoint (``size`` may be None) and
-    an explicit size that disagrees with it is an error.
+    ``init_from`` (an export directory, an fm-pretrain ``.ckpt`` or a fair-esm ESM-2 ``.pt``):
+    the checkpoint's shape, conventions and ``mask_ratio_train`` are kept (``size``, when given,
+    must agree), ``overrides`` such as ``max_length`` or ``causal`` change its config, and the
+    model is built once with the weights loaded.
     """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if init_from:
         from fm_core.export import init_from_checkpoint
 
         return init_from_checkpoint(init_from, tokenizer, size=size, **overrides)
     if size is None:
         raise ValueError("model.size is null: name a size (model=tiny, model=esm2_8m...) or give model.init_from")
-    cfg = EncoderConfig.from_name(
-        size, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id, **overrides
-    )
+    if mask_ratio_train is not None:
+        overrides["mask_ratio_train"] = mask_ratio_train
+    cfg = EncoderConfig.from_name(size, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                                  mask_id=tokenizer.mask_id, **{**tokenizer.encoder_defaults(), **overrides})
     return MaskedLM(cfg)

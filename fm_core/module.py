@@ -1,4 +1,6 @@
-"""LightningModule for masked-language-model pre-training. The backbone is injected (``net``)."""
+"""LightningModules: masked-language-model pre-training (``MLMModule``) and next-token training of a
+causal encoder (``CausalLMModule``: the masked-LM head is re-used as is, so pre-trained weights carry
+over). The backbone is injected (``net``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from fm_core.export import describe
 from fm_core.masking import IGNORE
 from fm_core.model import MaskedLM
 
@@ -26,6 +29,16 @@ def param_groups(net: torch.nn.Module) -> list[dict[str, Any]]:
                 matrix = name == "weight" and isinstance(module, (torch.nn.Linear, torch.nn.Embedding))
                 (decay if matrix else no_decay).append(p)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def optimizers(net: torch.nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+               scheduler: Callable[..., Any] | None) -> Any:
+    """Lightning's ``configure_optimizers`` answer: the optimizer over ``param_groups``, and the
+    scheduler stepped every step when there is one."""
+    opt = optimizer(param_groups(net))
+    if scheduler is None:
+        return opt
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": "step"}}
 
 
 class MLMModule(L.LightningModule):
@@ -78,17 +91,42 @@ class MLMModule(L.LightningModule):
             metric.reset()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(param_groups(self.net))
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizers(self.net, self.optimizer_factory, self.scheduler_factory)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # self-describing Lightning checkpoints: enough to rebuild net and tokenizer without Hydra
-        checkpoint["fm_toolkit"] = {"model": self.net.config.to_dict(),
-                                    "tokenizer": self.tokenizer.to_dict() if self.tokenizer else None,
-                                    "tokens_seen": self.tokens_seen}
+        checkpoint["fm_toolkit"] = {**describe(self.net, self.tokenizer), "tokens_seen": self.tokens_seen}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = int(checkpoint.get("fm_toolkit", {}).get("tokens_seen", 0))
+
+
+class CausalLMModule(L.LightningModule):
+    """Next-token cross-entropy on ``labels`` (already aligned with ``input_ids``; IGNORE = no loss)."""
+
+    def __init__(self, net: MaskedLM, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, log_prefix: str = ""):
+        super().__init__()
+        if not net.config.causal:
+            raise ValueError("CausalLMModule needs a causal encoder (EncoderConfig.causal=True)")
+        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
+        self.prefix = log_prefix
+        self.val_losses: list[tuple[float, int]] = []
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+        hidden = self.net.encoder(batch["input_ids"])["hidden"]  # (B, L, D)
+        selected = batch["labels"] != IGNORE
+        logits = self.net.mlm_logits(hidden[selected])  # (N, V): the head only where there is a loss
+        return F.cross_entropy(logits.float(), batch["labels"][selected]), int(selected.sum())
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, n = self.loss(batch)
+        self.log(f"{self.prefix}train/loss", loss, prog_bar=True, batch_size=n)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, n = self.loss(batch)
+        self.log(f"{self.prefix}val/loss", loss, prog_bar=True, batch_size=n)
+
+    def configure_optimizers(self) -> Any:
+        return optimizers(self.net, self.optimizer_factory, self.scheduler_factory)

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 
 def package_path(package: str, relative: str = "") -> str:
-    """``${pkg_path:bio_fm,data/x.fa}`` -> absolute path of a file shipped inside a package."""
+    """``${pkg_path:some_package,data/x.fa}`` -> absolute path of a file shipped inside a package."""
     return str(files(package).joinpath(relative))
 
 

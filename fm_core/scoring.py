@@ -16,6 +16,7 @@ import torch
 
 from fm_core.data import TokenBudgetBatchSampler
 from fm_core.model import MaskedLM
+from fm_core.padding import pad_batch
 from fm_core.tokenizer import Tokenizer
 
 
@@ -35,7 +36,7 @@ class MaskedMarginals:
         probe_id = int(tokenizer.random_ids[0])
         probe = tokenizer.add_special_tokens(np.array([probe_id], dtype=np.int64))
         self.prefix = int(np.flatnonzero(probe == probe_id)[0])
-        self.n_special = len(probe) - 1
+        self.n_special = tokenizer.num_special_added
         self.max_length = int(max_length or net.config.max_length)
         self.width = self.max_length - self.n_special
         if max_tokens < self.max_length:
@@ -59,16 +60,15 @@ class MaskedMarginals:
         lengths = np.array([e - s + self.n_special for _, _, s, e in samples], dtype=np.int64)
         for batch in TokenBudgetBatchSampler(lengths, self.max_tokens, shuffle=False):
             idx = [i for i, _ in batch]
-            width = int(lengths[idx].max())
-            tokens = np.full((len(idx), width), self.tok.pad_id, dtype=np.int64)
             cols = np.empty(len(idx), dtype=np.int64)
+            rows_ids = []
             for row, i in enumerate(idx):
                 k, pos, start, end = samples[i]
                 ids = self.tok.add_special_tokens(sequences[k][start:end])
                 cols[row] = self.prefix + pos - start
                 ids[cols[row]] = self.tok.mask_id
-                tokens[row, : len(ids)] = ids
-            t = torch.from_numpy(tokens).to(self.device)
+                rows_ids.append(ids)
+            t = pad_batch(rows_ids, self.tok.pad_id).to(self.device)  # (B, L)
             hidden = self.net.encoder(t)["hidden"]  # (B, L, D)
             rows = torch.arange(len(idx), device=self.device)
             logits = self.net.mlm_logits(hidden[rows, torch.from_numpy(cols).to(self.device)])  # (B, V)

@@ -7,15 +7,11 @@ masking and the model only use the ids exposed here, so protein and code share t
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-# Only modules inside these packages may be named by a saved tokenizer: loading a checkpoint
-# never imports arbitrary code named by a file.
-TRUSTED_PACKAGES = ("fm_core", "bio_fm", "code_fm", "chem_fm", "tasks")
-_REGISTRY: dict[str, type] = {}
+from fm_core.registry import TOKENIZERS
 
 
 class InvalidRecordError(ValueError):
@@ -54,7 +50,14 @@ class Tokenizer(Protocol):
 
     def add_special_tokens(self, ids: np.ndarray) -> np.ndarray: ...
 
+    @property
+    def num_special_added(self) -> int: ...  # tokens add_special_tokens puts around a record
+
     def to_dict(self) -> dict[str, Any]: ...
+
+    # EncoderConfig fields that are conventions of this tokenizer's domain (e.g. token dropout for
+    # proteins); ``build_model`` applies them to a new model, explicit overrides win
+    def encoder_defaults(self) -> dict[str, Any]: ...
 
 
 class TokenizerBase:
@@ -79,6 +82,15 @@ class TokenizerBase:
     def decode(self, ids: Any) -> str:
         return "".join(self.tokens[int(i)] for i in np.asarray(ids).reshape(-1))
 
+    def encoder_defaults(self) -> dict[str, Any]:
+        """EncoderConfig conventions of this domain for a new model: none by default."""
+        return {}
+
+    @property
+    def num_special_added(self) -> int:
+        """How many special tokens ``add_special_tokens`` adds to a record (the one source for it)."""
+        return len(self.add_special_tokens(np.zeros(0, dtype=np.int64)))
+
     def add_special_tokens(self, ids: np.ndarray) -> np.ndarray:
         out = np.empty(len(ids) + 2, dtype=np.int64)
         out[0], out[-1] = self.bos_id, self.eos_id
@@ -87,10 +99,11 @@ class TokenizerBase:
 
 
 def register_tokenizer(kind: str):
-    """Class decorator: make a tokenizer loadable from its ``to_dict()`` by ``kind``."""
+    """Class decorator: make a tokenizer loadable from its ``to_dict()`` by ``kind`` (the package
+    that defines it registers it when imported; see ``fm_core.registry``)."""
 
     def wrap(cls: type) -> type:
-        _REGISTRY[kind] = cls
+        TOKENIZERS.register(kind, cls)
         cls.kind = kind
         return cls
 
@@ -98,12 +111,7 @@ def register_tokenizer(kind: str):
 
 
 def tokenizer_from_dict(spec: dict[str, Any]) -> Tokenizer:
-    """Rebuild a tokenizer saved by ``to_dict``; imports only modules of this toolkit."""
-    kind, module = spec.get("kind"), spec.get("module", "")
-    if kind not in _REGISTRY:
-        if module.split(".")[0] not in TRUSTED_PACKAGES:
-            raise ValueError(f"tokenizer kind {kind!r} from untrusted module {module!r} refused")
-        importlib.import_module(module)
-    if kind not in _REGISTRY:
-        raise ValueError(f"unknown tokenizer kind {kind!r} (module {module!r})")
-    return _REGISTRY[kind].from_dict(spec)
+    """Rebuild a tokenizer saved by ``to_dict`` from its registered ``kind``. Nothing the dict
+    names is imported (a ``module`` entry written by older versions is ignored): an unregistered
+    kind is refused with ``fm_core.registry.UnknownKindError`` (a ``ValueError``)."""
+    return TOKENIZERS.get(str(spec.get("kind"))).from_dict(spec)

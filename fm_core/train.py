@@ -73,6 +73,17 @@ def close_loggers(trainer: L.Trainer) -> None:
             logger.experiment.finish()
 
 
+def build_pieces(cfg: DictConfig) -> tuple[Any, Any, Any]:
+    """(tokenizer, net, datamodule) of a pre-training config, each setting read from one place:
+    the masking strategy is built once and gives the model the ``<mask>`` share its token dropout
+    assumes (a checkpoint keeps its own); the model gives the data its context length."""
+    tokenizer = instantiate(cfg.data.tokenizer)
+    masking = instantiate(cfg.data.masking).for_tokenizer(tokenizer)
+    net = instantiate(cfg.model, tokenizer=tokenizer, mask_ratio_train=masking.expected_mask_fraction)
+    datamodule = instantiate(cfg.data, tokenizer=tokenizer, max_length=net.config.max_length, masking=masking)
+    return tokenizer, net, datamodule
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     # our training loader resumes mid-epoch (fm_core.resume), which Lightning cannot see
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
@@ -81,10 +92,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
 
-    tokenizer = instantiate(cfg.data.tokenizer)
-    datamodule = instantiate(cfg.data, tokenizer=tokenizer)
+    tokenizer, net, datamodule = build_pieces(cfg)
     datamodule.setup("fit")
-    net = instantiate(cfg.model, tokenizer=tokenizer)
     module = instantiate(cfg.module, net=net, tokenizer=tokenizer,
                          unigram_log_probs=datamodule.unigram_log_probs())
     loggers = instantiate_group(cfg.get("logger"))

@@ -69,3 +69,65 @@ def test_foreign_files_refused(tmp_path):
         load_pretrained(tmp_path / "plain.ckpt")
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_pretrained(tmp_path / "missing.ckpt")
+
+
+def test_heads_are_saved_by_kind_and_rebuilt(tmp_path, model, alphabet, valid_records):
+    from bio_fm.contact import ContactHead, attach_contact_head, predict_contacts
+
+    with torch.no_grad():
+        attach_contact_head(model).regression.weight.normal_(0.0, 30.0)
+    out = save_pretrained(tmp_path / "e", model, alphabet)
+    spec = json.loads((out / "config.json").read_text())
+    assert spec["heads"] == {"contact": {"kind": "esm_contact", "args": {"num_layers": 2, "num_heads": 4}}}
+    again, _ = load_pretrained(out)
+    assert isinstance(again.heads["contact"], ContactHead) and not again.heads["contact"].regression.weight.requires_grad
+    x = tokens(alphabet, valid_records)
+    with torch.no_grad():
+        assert torch.equal(predict_contacts(again, x), predict_contacts(model, x))
+    spec["heads"]["contact"]["kind"] = "never_registered"
+    (out / "config.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match="unknown head kind 'never_registered'"):
+        load_pretrained(out)
+
+
+def _as_previous_version(out, rename=True):
+    """Rewrite an export as the previous version wrote it: no "heads" entry, the ESM contact head
+    built into every model as ``contact_head.*`` (or, older still, absent)."""
+    from safetensors.torch import load_file, save_file
+
+    spec = json.loads((out / "config.json").read_text())
+    spec.pop("heads")
+    (out / "config.json").write_text(json.dumps(spec))
+    state = load_file(str(out / "model.safetensors"))
+    old = {k.replace("heads.contact.", "contact_head." if rename else "dropped."): v for k, v in state.items()}
+    save_file({k: v for k, v in old.items() if not k.startswith("dropped.")}, str(out / "model.safetensors"))
+
+
+def test_exports_of_the_previous_version_load(tmp_path, model, alphabet, valid_records):
+    from bio_fm.contact import attach_contact_head, predict_contacts
+    from chem_fm.smiles import SmilesTokenizer
+
+    with torch.no_grad():
+        attach_contact_head(model).regression.weight.normal_(0.0, 30.0)
+    x = tokens(alphabet, valid_records)
+    # protein: contact_head.* becomes the ESM contact head, exactly
+    _as_previous_version(save_pretrained(tmp_path / "protein", model, alphabet))
+    again, _ = load_pretrained(tmp_path / "protein")
+    with torch.no_grad():
+        assert torch.equal(predict_contacts(again, x), predict_contacts(model, x))
+        assert torch.equal(again(x)["logits"], model(x)["logits"])
+    # older still, without a contact head: the backbone alone
+    _as_previous_version(save_pretrained(tmp_path / "older", model, alphabet), rename=False)
+    assert len(load_pretrained(tmp_path / "older")[0].heads) == 0
+    # another alphabet: the contact head every model carried then meant nothing and is dropped
+    smiles = SmilesTokenizer()
+    torch.manual_seed(0)
+    mol = MaskedLM(EncoderConfig.from_name("tiny", vocab_size=smiles.vocab_size, pad_id=smiles.pad_id,
+                                           mask_id=smiles.mask_id)).eval()
+    attach_contact_head(mol)
+    _as_previous_version(save_pretrained(tmp_path / "mol", mol, smiles))
+    again, _ = load_pretrained(tmp_path / "mol")
+    assert len(again.heads) == 0
+    ids = torch.as_tensor(smiles.add_special_tokens(smiles.encode("CCO")))[None]
+    with torch.no_grad():
+        assert torch.equal(again(ids)["logits"], mol(ids)["logits"])

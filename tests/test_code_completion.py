@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from code_fm.fim import FIMCollator
-from fm_core.causal_lm import NeuralLM, generate, top_p_filter
 from fm_core.config import EncoderConfig
+from fm_core.decoding import NeuralLM, generate, top_p_filter
 from fm_core.export import save_pretrained
 from fm_core.masking import IGNORE, MaskingConfig, SpanMasking, mask_tokens
 from fm_core.model import MaskedLM
@@ -85,7 +85,8 @@ def test_top_p_keeps_the_nucleus():
 
 
 def test_span_masking_covers_whole_identifiers(bpe):
-    strategy = SpanMasking(mask_prob=0.3, mean_span=2, whole_words=True).for_tokenizer(bpe)
+    strategy = SpanMasking(mask_prob=0.3, mean_span=2, max_span=10, whole_words=True,
+                           mask_token_prob=0.8, random_token_prob=0.1).for_tokenizer(bpe)
     ids = torch.as_tensor(bpe.encode(CODE * 2).astype(np.int64))
     maskable = torch.ones(len(ids), dtype=torch.bool)
     words = strategy.word_ids(ids)
@@ -116,8 +117,8 @@ def test_token_masking_strategy_is_the_bert_rule():
     tokens = torch.arange(10, 60)
     maskable = torch.ones(50, dtype=torch.bool)
     kw = dict(mask_id=4, random_ids=torch.arange(5, 60))
-    a = MaskingConfig()(tokens, maskable, generator=torch.Generator().manual_seed(3), **kw)
-    b = mask_tokens(tokens, maskable, generator=torch.Generator().manual_seed(3), **kw)
+    a = MaskingConfig(0.15, 0.8, 0.1)(tokens, maskable, generator=torch.Generator().manual_seed(3), **kw)
+    b = mask_tokens(tokens, maskable, generator=torch.Generator().manual_seed(3), cfg=MaskingConfig(0.15, 0.8, 0.1), **kw)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
@@ -138,9 +139,25 @@ def test_fim_layout_round_trips_the_window(bpe):
             p, s, m = bpe.decode(seq[1:i_suf]), bpe.decode(seq[i_suf + 1 : i_mid]), bpe.decode(seq[i_mid + 1 : -1])
             assert p + m + s == CODE
     assert layouts == {"psm", "spm"}
-    batch = FIMCollator(bpe, 256, fim_rate=0.0)([{"ids": ids, "seed": 1, "index": 0}])
+    batch = FIMCollator(bpe, 256, fim_rate=0.0, spm_rate=0.5)([{"ids": ids, "seed": 1, "index": 0}])
     x, y = batch["input_ids"][0], batch["labels"][0]
     assert x[0] == bpe.bos_id and torch.equal(y[:-1], x[1:]) and y[-1] == IGNORE
+
+
+def test_fim_tokenizer_is_a_type_and_the_task_takes_every_option_from_its_yaml(bpe, alphabet, compose):
+    import inspect
+
+    from hydra.utils import instantiate
+
+    from code_fm.fim_format import FIMTokenizer
+    from tasks.code_completion.task import CodeCompletionTask
+
+    assert isinstance(bpe, FIMTokenizer) and not isinstance(alphabet, FIMTokenizer)
+    params = inspect.signature(CodeCompletionTask).parameters.values()
+    assert all(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params)  # no second default
+    cfg = compose(["task=code_completion"], config_name="finetune").task
+    task = instantiate({k: v for k, v in cfg.items() if k != "name"}, _recursive_=False)
+    assert {p.name for p in params} == set(cfg) - {"name", "_target_"} and task.max_length == 256
 
 
 def test_ngram_counts_and_backoff():
@@ -344,7 +361,7 @@ def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
                          "logger=csv", "trainer.max_steps=6", "trainer.val_check_interval=6",
                          "trainer.enable_progress_bar=false", "data.max_tokens=1024", f"paths.run_dir={tmp_path / 'pre'}"]))
     assert np.isfinite(pre["val/perplexity"])
-    cfg = compose(["task=code_completion", f"task.data_dir={data}", f"init_from={tmp_path / 'pre' / 'export'}",
+    cfg = compose(["task=code_completion", f"task.data_dir={data}", f"model.init_from={tmp_path / 'pre' / 'export'}",
                    "task.max_length=128", "task.max_tokens=1024", "task.steps=4", "task.line_prompts=60",
                    "task.fim_prompts=20", "task.functions=8", "task.ngram_order=3", "logger=csv",
                    "trainer.enable_progress_bar=false", f"paths.run_dir={tmp_path / 'ft'}"], config_name="finetune")

@@ -61,18 +61,18 @@ def test_smiles_dataset_counts_bad_rows(tmp_path):
 
 def test_morgan_counts_match_rdkit_and_descriptors_are_nan_safe():
     mols = [Chem.MolFromSmiles(s) for s in moses_smiles()[:40]]
-    x = MorganFeatures(radius=2, size=1024, counts=True, log_counts=False).transform(mols)
+    x = MorganFeatures(radius=2, size=1024, counts=True, log_counts=False, chirality=False).transform(mols)
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=1024)
     for i, m in enumerate(mols):  # parity with RDKit's sparse count fingerprint
         ref = np.zeros(1024)
         for k, v in gen.GetCountFingerprint(m).GetNonzeroElements().items():
             ref[k] = v
         np.testing.assert_array_equal(x[i], ref)
-    bits = MorganFeatures(radius=2, size=1024, counts=False).transform(mols)
+    bits = MorganFeatures(radius=2, size=1024, counts=False, log_counts=True, chirality=False).transform(mols)
     np.testing.assert_array_equal(bits, (x > 0).astype(np.float32))
 
     names = ["MolWt", "TPSA", "MolLogP", "NumHDonors"]
-    d = DescriptorFeatures(names).fit(mols[:30])
+    d = DescriptorFeatures(names=names, clip_percentile=0.5).fit(mols[:30])
     raw = d.raw(mols[:30])
     np.testing.assert_allclose(raw[:, 0], [Descriptors.MolWt(m) for m in mols[:30]])
     z = d.transform(mols[:30])
@@ -84,12 +84,27 @@ def test_morgan_counts_match_rdkit_and_descriptors_are_nan_safe():
     np.testing.assert_allclose(z2[:, 1], (d.median[1] - d.mean[1]) / d.std[1], rtol=1e-6)
 
 
+def _compose(compose, tmp_path, dataset, inputs, extra=()):
+    return compose(["task=drug_property", f"dataset={dataset}", f"dataset.inputs=[{inputs}]", "logger=csv",
+                    "task.seeds=[0,1,2]", f"task.data_dir={tmp_path / 'data'}", "~task.features.descriptors",
+                    "task.features.morgan.size=1024", "task.head.hidden=[128]", "task.head.max_epochs=60",
+                    "task.head.patience=10", "task.rf_baseline.n_estimators=10",
+                    f"paths.run_dir={tmp_path / dataset}", *extra], config_name="finetune")
+
+
+def _prepare(cfg):
+    """What `fm-prep molecules` does for the dataset config (the task only reads the result)."""
+    from data_prep.molecules import MoleculePrepConfig, prepare
+
+    d = cfg.task.dataset
+    prepare(MoleculePrepConfig(source=d.source, inputs=list(d.inputs), out=str(Path(cfg.task.data_dir) / d.name),
+                               largest_fragment=d.largest_fragment, on_conflict=d.on_conflict, seed=d.split_seed,
+                               max_rows=d.max_rows))
+
+
 def _run(compose, tmp_path, dataset, inputs, extra=()):
-    cfg = compose(["task=drug_property", f"dataset={dataset}", f"dataset.inputs=[{inputs}]", "logger=csv",
-                   "task.seeds=[0,1,2]", f"task.data_dir={tmp_path / 'data'}", "~task.features.descriptors",
-                   "task.features.morgan.size=1024", "task.head.hidden=[128]", "task.head.max_epochs=60",
-                   "task.head.patience=10", "task.rf_baseline.n_estimators=10",
-                   f"paths.run_dir={tmp_path / dataset}", *extra], config_name="finetune")
+    cfg = _compose(compose, tmp_path, dataset, inputs, extra)
+    _prepare(cfg)
     return finetune(cfg)
 
 
@@ -144,13 +159,28 @@ def test_drug_property_regression_beats_the_mean(compose, tmp_path):
     # R^2 > 0: better than predicting the training mean; RMSE in kcal/mol
     assert m["test/r2_mean"] > 0.3 and m["test/ensemble_rmse"] < 3.0
     assert m["test/uncertainty_mean"] > 0 and np.isfinite(m["test/uncertainty_error_spearman"])
+    # prepared with other settings than the config's: an error with the command, never a silent re-prep
+    with pytest.raises(ValueError, match=r"prepared with .*`fm-prep molecules --source freesolv .*--seed 1"):
+        finetune(_compose(compose, tmp_path, "freesolv", DATA / "freesolv_head200.csv", ["dataset.split_seed=1"]))
+
+
+def test_drug_property_reads_prepared_data_only(compose, tmp_path):
+    """The task never runs data_prep: without fm-prep's output it names the file and the command."""
+    cfg = _compose(compose, tmp_path, "freesolv", DATA / "freesolv_head200.csv")
+    out = tmp_path / "data" / "freesolv"
+    command = (f"`fm-prep molecules --source freesolv --out {out} --on-conflict drop --seed 0 "
+               f"--input {DATA / 'freesolv_head200.csv'}`")
+    with pytest.raises(FileNotFoundError) as err:
+        finetune(cfg)
+    assert str(out / "manifest.json") in str(err.value) and command in str(err.value)
+    assert not out.exists()
 
 
 def test_backbone_features_pool_real_tokens_independent_of_batching(tmp_path):
     import torch
 
     from chem_fm.features import BackboneFeatures
-    from fm_core.export import save_pretrained
+    from fm_core.export import load_pretrained, save_pretrained
     from fm_core.model import build_model
 
     tok = SmilesTokenizer()
@@ -159,7 +189,9 @@ def test_backbone_features_pool_real_tokens_independent_of_batching(tmp_path):
     save_pretrained(tmp_path / "export", net, tok)
     smiles = ["CCO", "c1ccccc1C(=O)O", "CC(C)Cc1ccc(cc1)[C@@H](C)C(=O)O", "N"]
     mols = [Chem.MolFromSmiles(s) for s in smiles]
-    x = BackboneFeatures(str(tmp_path / "export"), batch_size=3).fit(mols).transform(mols)
+    f = BackboneFeatures(layer=-1, batch_size=3)
+    f.use_backbone(*load_pretrained(tmp_path / "export"))
+    x = f.fit(mols).transform(mols)
     layer = net.config.num_layers
     for i, m in enumerate(mols):  # one molecule at a time, no padding: the mean over its atom/bond tokens
         ids = torch.as_tensor(tok.add_special_tokens(tok.encode(Chem.MolToSmiles(m))))[None]
@@ -167,3 +199,29 @@ def test_backbone_features_pool_real_tokens_independent_of_batching(tmp_path):
             rep = net(ids, repr_layers=[layer])["representations"][layer][0, 1:-1].mean(0)
         np.testing.assert_allclose(x[i], rep.numpy(), rtol=1e-4, atol=1e-5)
     assert np.abs(x[0] - x[1]).max() > 1e-3
+
+
+def test_drug_property_backbone_features_use_fm_finetunes_model(compose, tmp_path):
+    """A backbone representation gets fm-finetune's backbone (model.init_from=), like every task's;
+    the scorer carries its own export and predicts as the run's in-memory ensemble does."""
+    import torch
+
+    from chem_fm.features import BackboneFeatures
+    from fm_core.export import load_pretrained, save_pretrained
+    from fm_core.model import build_model
+
+    tok = SmilesTokenizer()
+    torch.manual_seed(0)
+    save_pretrained(tmp_path / "export", build_model("tiny", tok).eval(), tok)
+    smiles = "{_target_:chem_fm.features.BackboneFeatures,layer:-1,batch_size:64}"
+    m = _run(compose, tmp_path, "freesolv", DATA / "freesolv_head200.csv",
+             ["task.split=random", "task.seeds=[0,1]", "task.head.max_epochs=3", "task.rf_baseline=null",
+              f"model.init_from={tmp_path / 'export'}", f"+task.features.smiles={smiles}"])
+    embed_dim = build_model("tiny", tok).config.embed_dim
+    assert m["features/dim"] == 1024 + embed_dim and m["members"] == 2
+    scorer = Scorer.load(m["scorer"])
+    mols = [Chem.MolFromSmiles(s) for s in ("CCO", "c1ccccc1O")]
+    direct = BackboneFeatures(layer=-1, batch_size=64)
+    direct.use_backbone(*load_pretrained(tmp_path / "export"))  # the run's backbone, saved with the scorer
+    np.testing.assert_array_equal(scorer.features["smiles"].transform(mols), direct.transform(mols))
+    assert np.isfinite(scorer.predict_mols(mols)[0]).all()

@@ -12,6 +12,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from bio_fm.contact import attach_contact_head, forward_with_contacts
 from bio_fm.esm_compat import (
     check_exportable,
     from_esm2_module,
@@ -40,7 +41,8 @@ def assert_parity(ref, net, batch, contacts=True):
     layers = list(range(ref.num_layers + 1))
     with torch.no_grad():
         theirs = ref(batch, repr_layers=layers, return_contacts=contacts)
-        ours = net(batch, repr_layers=layers, return_contacts=contacts)  # SDPA path unless contacts
+        # SDPA path unless contacts
+        ours = forward_with_contacts(net, batch, repr_layers=layers) if contacts else net(batch, repr_layers=layers)
     assert_within(ours["logits"], theirs["logits"])
     for layer in layers:
         assert_within(ours["representations"][layer], theirs["representations"][layer])
@@ -74,7 +76,9 @@ def test_import_parity_tiny(tmp_path, alphabet, valid_records):
 @pytest.mark.slow
 def test_import_parity_esm2_8m(tmp_path, alphabet, valid_records):
     ref, net = check_import_parity("esm2_8m", tmp_path, alphabet, valid_records, n=10, max_len=320)
-    assert net.config.name == "esm2_8m" and net.config.num_parameters() == sum(p.numel() for p in ref.parameters())
+    contact = sum(p.numel() for p in net.heads.parameters())  # fair-esm counts its contact regression
+    assert net.config.name == "esm2_8m"
+    assert net.config.num_parameters() + contact == sum(p.numel() for p in ref.parameters())
     # the full context (1022 residues) without attention maps (they would need gigabytes)
     longest = sorted(valid_records, key=lambda r: -len(r[1]))[:3]
     batch = padded_batch(alphabet, [longest[0][1][:1022], longest[1][1][:700], longest[2][1][:90]])
@@ -99,10 +103,11 @@ def test_released_layout_needs_allow_list_which_is_exactly_namespace(tmp_path, a
 def random_ours(seed=1):
     torch.manual_seed(seed)
     net = MaskedLM(EncoderConfig.from_name("tiny", vocab_size=33, pad_id=1, mask_id=32, max_length=512))
+    attach_contact_head(net)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        net.contact_head.regression.weight.normal_(0.0, 30.0)
+        net.heads["contact"].regression.weight.normal_(0.0, 30.0)
     return net.eval()
 
 
@@ -136,7 +141,7 @@ def test_export_refuses_what_esm2_cannot_express(tmp_path, alphabet):
     with pytest.raises(ValueError, match="ffn_dim=100"):
         save_esm2_checkpoint(odd, tmp_path / "esm2_odd.pt")
     with pytest.raises(ValueError, match="vocab_size=40"):
-        check_exportable(EncoderConfig.from_name("tiny", vocab_size=40))
+        check_exportable(EncoderConfig.from_name("tiny", vocab_size=40, pad_id=1, mask_id=32))
 
 
 def test_damaged_and_foreign_files_are_named(tmp_path):
@@ -186,7 +191,7 @@ def test_damaged_and_foreign_files_are_named(tmp_path):
     regression_path(good).unlink()
     net, _ = load_pretrained(good)
     assert net.config.extra["contact_regression"] is False
-    assert net.contact_head.regression.weight.abs().sum() == 0
+    assert net.heads["contact"].regression.weight.abs().sum() == 0
 
 
 def test_init_from_esm2_through_hydra(tmp_path, compose, alphabet):
@@ -204,9 +209,9 @@ def test_init_from_esm2_through_hydra(tmp_path, compose, alphabet):
     clash = compose(["model=esm2_8m", f"model.init_from={path}"])
     with pytest.raises(InstantiationException, match=r"size 'esm2_8m'.*num_layers=6 \(checkpoint: 2\)"):
         instantiate(clash.model, tokenizer=alphabet)
-    # every downstream task gets its backbone the same way (fm-finetune init_from=...)
-    run = FinetuneRun(cfg=OmegaConf.create({"init_from": str(path), "seed": 0}), run_dir=tmp_path)
-    backbone = run.backbone(alphabet, "tiny")
+    # every downstream task gets its backbone the same way (fm-finetune model.init_from=...)
+    run = FinetuneRun(cfg=OmegaConf.create({"model": ok.model, "seed": 0}), run_dir=tmp_path)
+    backbone = run.backbone(alphabet)
     assert backbone.config.extra["contact_regression"] is True
     for key, value in backbone.state_dict().items():
         assert torch.equal(value, expected[key]), key

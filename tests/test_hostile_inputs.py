@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from bio_fm.alphabet import ProteinAlphabet
 from bio_fm.fasta import fasta_dataset
+from chem_fm.standardize import MAX_ATOMS, parse
 from data_prep import common
-from data_prep.molecules import MAX_ATOMS, parse
 from data_prep.structures import StructurePrepConfig, read_structure_file
 from fm_core.shards import SHARD_FORMAT_VERSION, ShardDataset, ShardWriter, save_tokenizer
 from fm_core.tokenizer import InvalidRecordError

@@ -5,9 +5,11 @@ import torch
 from fm_core.data import MLMCollator
 from fm_core.masking import IGNORE, MaskingConfig, mask_tokens
 
+BERT = MaskingConfig(mask_prob=0.15, mask_token_prob=0.8, random_token_prob=0.1)  # conf/data/uniprot_slice.yaml
+
 
 def corrupt(alphabet, seqs, seed=0):
-    collate = MLMCollator(alphabet, max_length=10_000)
+    collate = MLMCollator(alphabet, max_length=10_000, masking=BERT)
     return collate([{"ids": alphabet.encode(s), "seed": seed + i, "index": i} for i, s in enumerate(seqs)])
 
 
@@ -45,7 +47,7 @@ def test_specials_and_padding_never_selected(alphabet, valid_records):
 
 def test_same_seed_same_corruption_whatever_the_batch(alphabet, valid_records):
     seqs = [s for _, s in valid_records[:8]]
-    collate = MLMCollator(alphabet, max_length=300)
+    collate = MLMCollator(alphabet, max_length=300, masking=BERT)
     alone = collate([{"ids": alphabet.encode(seqs[3]), "seed": 123, "index": 3}])
     batch = collate([{"ids": alphabet.encode(s), "seed": 123 if i == 3 else i, "index": i}
                      for i, s in enumerate(seqs)])
@@ -56,7 +58,7 @@ def test_same_seed_same_corruption_whatever_the_batch(alphabet, valid_records):
 
 def test_crop_is_a_window_of_the_record(alphabet):
     seq = "".join(np.random.default_rng(0).choice(list("ACDEFGHIKLMNPQRSTVWY"), 1000))
-    collate = MLMCollator(alphabet, max_length=100, masking=MaskingConfig(mask_prob=1e-9))
+    collate = MLMCollator(alphabet, max_length=100, masking=MaskingConfig(mask_prob=1e-9, mask_token_prob=0.8, random_token_prob=0.1))
     windows = set()
     for seed in range(20):
         out = collate([{"ids": alphabet.encode(seq), "seed": seed, "index": 0}])["input_ids"][0]
@@ -69,16 +71,16 @@ def test_crop_is_a_window_of_the_record(alphabet):
 
 def test_masking_config_validation():
     with pytest.raises(ValueError):
-        MaskingConfig(mask_prob=0)
+        MaskingConfig(mask_prob=0, mask_token_prob=0.8, random_token_prob=0.1)
     with pytest.raises(ValueError):
-        MaskingConfig(mask_token_prob=0.9, random_token_prob=0.2)
+        MaskingConfig(mask_prob=0.15, mask_token_prob=0.9, random_token_prob=0.2)
 
 
 def test_mask_tokens_labels_hold_originals():
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(4, 24, (5000,))
     inputs, labels = mask_tokens(tokens, torch.ones(5000, dtype=torch.bool), mask_id=32,
-                                 random_ids=torch.arange(4, 24), generator=g)
+                                 random_ids=torch.arange(4, 24), generator=g, cfg=BERT)
     sel = labels != IGNORE
     assert torch.equal(labels[sel], tokens[sel])
     assert torch.equal(inputs[~sel], tokens[~sel])

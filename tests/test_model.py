@@ -2,6 +2,7 @@ import esm
 import pytest
 import torch
 
+from bio_fm.contact import attach_contact_head
 from fm_core.config import SIZES, ConfigError, EncoderConfig
 from fm_core.model import MaskedLM
 
@@ -65,7 +66,7 @@ def test_rotary_scores_depend_on_relative_position_only():
 
 
 def test_token_dropout_rescales_like_esm(alphabet):
-    model = tiny_model(alphabet)
+    model = tiny_model(alphabet, token_dropout=True)  # off by default in fm_core (a protein convention)
     tokens = batch_of(alphabet, ["MKTAYIAKQR"])
     masked = tokens.clone()
     masked[0, 3] = alphabet.mask_id
@@ -104,12 +105,14 @@ def test_parameterisation_matches_fair_esm_esm2(alphabet, size):
     cfg = EncoderConfig.from_name(size, vocab_size=33, pad_id=1, mask_id=32)
     n_ref = sum(p.numel() for p in ref.parameters())
     contact = shape["num_layers"] * shape["num_heads"] + 1
-    assert cfg.num_parameters() == n_ref
+    assert cfg.num_parameters() + contact == n_ref  # fair-esm counts its contact regression
     if size in ("tiny", "esm2_8m"):
         ref_shapes = sorted(tuple(p.shape) for n, p in ref.named_parameters())
         ours = MaskedLM(cfg)
+        assert sum(p.numel() for p in ours.parameters()) + contact == n_ref
+        head = attach_contact_head(ours)
         assert sum(p.numel() for p in ours.parameters()) == n_ref
-        assert ours.contact_head.regression.weight.numel() == contact - 1
+        assert head.regression.weight.numel() == contact - 1
         # q, k, v are three (D, D) matrices and biases in ESM, one fused (3D, D) here
         fused = sorted(tuple(p.shape) for p in ours.parameters())
         d = shape["embed_dim"]
@@ -126,4 +129,4 @@ def test_config_validation():
         EncoderConfig.from_dict({"num_layer": 3})
     with pytest.raises(ValueError, match="tokenizer"):
         MaskedLM(EncoderConfig.from_name("tiny"))
-    assert EncoderConfig.from_name("esm2_650m", vocab_size=33).ffn_dim == 5120
+    assert EncoderConfig.from_name("esm2_650m", vocab_size=33, pad_id=1, mask_id=32).ffn_dim == 5120

@@ -7,14 +7,14 @@ import torch.nn.functional as F
 
 from fm_core.config import EncoderConfig
 from fm_core.data import MLMCollator, TokenBudgetBatchSampler
-from fm_core.masking import IGNORE
+from fm_core.masking import IGNORE, MaskingConfig
 from fm_core.model import MaskedLM, Packing, unpack
 
 
 def tiny(alphabet, **overrides):
     torch.manual_seed(0)
     cfg = EncoderConfig.from_name("tiny", vocab_size=alphabet.vocab_size, pad_id=alphabet.pad_id,
-                                  mask_id=alphabet.mask_id, **overrides)
+                                  mask_id=alphabet.mask_id, **{**alphabet.encoder_defaults(), **overrides})
     return MaskedLM(cfg)
 
 
@@ -29,8 +29,8 @@ def batches(alphabet, valid_records):
     order = np.argsort(ds.lengths)
     picks = order[np.linspace(0, len(order) // 2, 5).astype(int)]  # short to median lengths
     samples = [ds[int(i)] for i in picks]
-    padded = MLMCollator(alphabet, 512)(samples)
-    packed = MLMCollator(alphabet, 512, packing=True)(samples)
+    padded = MLMCollator(alphabet, 512, MaskingConfig(0.15, 0.8, 0.1))(samples)
+    packed = MLMCollator(alphabet, 512, MaskingConfig(0.15, 0.8, 0.1), packing=True)(samples)
     return padded, packed
 
 

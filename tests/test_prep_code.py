@@ -129,15 +129,15 @@ def test_fim_training_windows_change_every_epoch(prepared, tmp_path):
     import torch
 
     from code_fm.fim import FIMDataModule
-    from fm_core.causal_lm import CausalLMModule
     from fm_core.config import EncoderConfig
     from fm_core.model import MaskedLM
+    from fm_core.module import CausalLMModule
     from fm_core.schedules import warmup_decay
     from fm_core.shards import load_tokenizer
 
     out, _, _ = prepared
     tok = load_tokenizer(out)
-    dm = FIMDataModule(tok, str(out), max_length=64, max_tokens=4096, seed=0)
+    dm = FIMDataModule(tok, str(out), fim_rate=0.5, spm_rate=0.5, max_length=64, max_tokens=4096, seed=0)
     net = MaskedLM(EncoderConfig(vocab_size=tok.vocab_size, num_layers=1, embed_dim=16, num_heads=2,
                                  max_length=64, causal=True, pad_id=tok.pad_id, mask_id=tok.mask_id))
     module = CausalLMModule(net, functools.partial(torch.optim.AdamW, lr=1e-3),

@@ -107,7 +107,7 @@ def test_scaffold_split_is_greedy_by_group_size():
 
 
 def test_missing_package_names_the_install(tmp_path, monkeypatch):
-    import data_prep.molecules as mod
+    import chem_fm.smiles as mod  # package_dir lives there
 
     monkeypatch.setattr(mod.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install qc-b3db"):

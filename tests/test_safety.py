@@ -74,6 +74,29 @@ def test_every_loader_refuses_a_malicious_pickle(tmp_path, kind):
         assert not (tmp_path / "PWNED").exists(), f"{name} executed code from {kind}"
 
 
+def test_a_saved_file_never_names_code_to_import(tmp_path, monkeypatch, alphabet):
+    """An export whose config names an unregistered tokenizer or head kind, and beside it a module
+    that would run code if imported: refused by kind, the module never imported."""
+    import json
+    import sys
+
+    from fm_core.config import EncoderConfig
+    from fm_core.export import save_pretrained
+    from fm_core.model import MaskedLM
+
+    (tmp_path / "evil_plugin.py").write_text(f"open({str(tmp_path / 'PWNED')!r}, 'w').write('pwned')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    net = MaskedLM(EncoderConfig.from_name("tiny", vocab_size=33, pad_id=1, mask_id=32))
+    out = save_pretrained(tmp_path / "export", net, alphabet)
+    spec = json.loads((out / "config.json").read_text())
+    evil = {"kind": "evil_plugin", "module": "evil_plugin", "args": {}}
+    for what, change in (("tokenizer", {"tokenizer": evil}), ("head", {"heads": {"x": evil}})):
+        (out / "config.json").write_text(json.dumps({**spec, **change}))
+        with pytest.raises(CheckpointError, match=f"unknown {what} kind 'evil_plugin'"):
+            load_pretrained(out)
+        assert "evil_plugin" not in sys.modules and not (tmp_path / "PWNED").exists()
+
+
 def test_resuming_from_a_malicious_checkpoint_is_refused(compose, tmp_path):
     from fm_core.train import train
 

@@ -82,15 +82,17 @@ def test_contact_regression_recovers_a_planted_signal(alphabet):
 
 @pytest.fixture(scope="module")
 def structures(tmp_path_factory):
-    from tasks.structure.data import prepare_slice
+    """``fm-prep structures --slice`` (tests may run data_prep; the tasks only read its output)."""
+    from data_prep.structures import prepare_slice
 
-    return prepare_slice(tmp_path_factory.mktemp("structures"), cluster_steps=1, test_fraction=0.3,
-                         valid_fraction=0.05)
+    out = tmp_path_factory.mktemp("structures")
+    prepare_slice(out, cluster_steps=1, test_fraction=0.3, valid_fraction=0.05)
+    return out
 
 
 def _common(tmp_path, structures, task, extra=()):
     return [f"task={task}", "logger=csv", f"paths.run_dir={tmp_path}", f"task.data_dir={structures}",
-            "task.size=tiny", "task.max_test_chains=12", "trainer.enable_progress_bar=false", *extra]
+            "model=tiny", "model.max_length=1024", "task.max_test_chains=12", "trainer.enable_progress_bar=false", *extra]
 
 
 def test_contacts_task_end_to_end(compose, structures, tmp_path, alphabet):
@@ -122,17 +124,17 @@ def test_contacts_task_end_to_end(compose, structures, tmp_path, alphabet):
 
     # the export carries the fitted regression: fm-predict-structure reproduces the run's scores
     net, tok = load_pretrained(tmp_path / "run" / "export")
-    assert net.contact_head.regression.weight.abs().sum() > 0
+    assert net.heads["contact"].regression.weight.abs().sum() > 0
     fasta = tmp_path / "q.fa"
     fasta.write_text(f">{test[0].id}\n{test[0].sequence}\n")
     summary = predict(str(tmp_path / "run" / "export"), str(fasta), str(tmp_path / "pred"), heads=[], png=False)
     assert summary["read"] == summary["predicted"] == 1 and summary["contacts"] == "supervised head"
     probs = np.load(tmp_path / "pred" / f"{test[0].id}.contacts.npy")
     from tasks.contacts.task import pair_head_scorer
-    from tasks.structure.heads import ContactModule, load_head
+    from tasks.structure.heads import load_head
 
     head, _ = load_head(tmp_path / "run" / "export" / "heads" / "contacts.json")
-    expected = pair_head_scorer(ContactModule(net, head), tok)(test[0])
+    expected = pair_head_scorer(net, head, tok)(test[0])
     np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
     assert np.allclose(probs, probs.T, atol=1e-6)
 
@@ -178,6 +180,7 @@ def test_secondary_structure_task_and_prediction(compose, structures, tmp_path):
 
 
 def test_contact_module_freezes_or_finetunes_the_backbone(alphabet):
+    from bio_fm.contact import attach_contact_head
     from fm_core.model import build_model
     from tasks.structure.heads import ContactDataset, ContactModule, PairHead
 
@@ -185,14 +188,16 @@ def test_contact_module_freezes_or_finetunes_the_backbone(alphabet):
     seq = rng.integers(4, 24, size=40)
     contacts = rng.random((40, 40)) < 0.1
     ds = ContactDataset([(alphabet.add_special_tokens(seq), contacts | contacts.T)], crop=40, pad_id=alphabet.pad_id,
-                        min_separation=6)
+                        min_separation=6, seed=0)
     batch = ds.collate([ds[0]])
     for finetune_backbone in (False, True):
         torch.manual_seed(0)
         net = build_model("tiny", alphabet)
+        attach_contact_head(net)  # a backbone head stays frozen while the pair head trains
         before = {k: v.clone() for k, v in net.state_dict().items()}
         module = ContactModule(net, PairHead(net.config.embed_dim, proj=8, channels=8, dilations=[1]),
-                               finetune_backbone=finetune_backbone, lr=1e-2, backbone_lr=1e-2)
+                               finetune_backbone=finetune_backbone, min_separation=6, lr=1e-2, backbone_lr=1e-2,
+                               weight_decay=1e-2, name="contact_head")
         opt = module.configure_optimizers()
         head_before = module.head.out.weight.detach().clone()
         loss = module.training_step(batch, 0)
@@ -202,6 +207,48 @@ def test_contact_module_freezes_or_finetunes_the_backbone(alphabet):
         assert not torch.equal(module.head.out.weight, head_before)
         if finetune_backbone:
             assert "encoder.layers.0.attn.qkv.weight" in changed
-            assert not any(k.startswith(("contact_head.", "lm_head.")) for k in changed)
+            assert not any(k.startswith(("heads.", "lm_head.")) for k in changed)
         else:
             assert changed == []
+
+
+def test_a_missing_data_dir_names_the_command_that_makes_it(compose, tmp_path):
+    """The tasks never prepare data: without an fm-prep output they stop before building a backbone."""
+    from fm_core.finetune import finetune
+
+    missing = tmp_path / "no_structures"
+    cfg = compose(["task=secondary_structure", "model=tiny", "logger=csv", f"paths.run_dir={tmp_path / 'run'}",
+                   f"task.data_dir={missing}"], config_name="finetune")
+    with pytest.raises(FileNotFoundError, match=f"fm-prep structures --slice --out {missing}"):
+        finetune(cfg)
+    assert not missing.exists()
+
+
+def test_fm_prep_structures_slice_defaults():
+    """``fm-prep structures --slice`` is the committed slice with the split the tasks' figures use;
+    flags given win."""
+    import argparse
+
+    from data_prep.structures import SLICE, StructurePrepConfig, add_arguments, from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = from_args(p.parse_args(["--slice"]))
+    assert (cfg.input, cfg.out, cfg.test_fraction, cfg.valid_fraction) == (str(SLICE), "data/structure_slice", 0.3, 0.05)
+    assert from_args(p.parse_args(["--slice", "--test-fraction", "0.2"])).test_fraction == 0.2
+    assert from_args(p.parse_args([])) == StructurePrepConfig()
+
+
+def test_load_head_builds_only_registered_heads(tmp_path):
+    from tasks.structure.heads import WindowHead, load_head, save_head
+
+    torch.manual_seed(0)
+    head = WindowHead(6, out_dims=[3, 8], window=3, hidden=0, dropout=0.1)
+    spec_path = save_head(tmp_path, "ss", head, task="secondary_structure")
+    again, spec = load_head(spec_path)
+    assert spec["head"] == "WindowHead" and spec["task"] == "secondary_structure"
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values(), strict=True))
+    spec["head"] = "os.system"
+    spec_path.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="unknown head 'os.system'"):
+        load_head(spec_path)

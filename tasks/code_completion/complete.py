@@ -1,7 +1,7 @@
 """Code completion at a cursor: prompts, token healing, end-of-line / end-of-block stops, and ``fm-complete``.
 
 A prompt is the text before the cursor (left-to-right: ``<cls> prefix``) or, when text follows
-the cursor, the FIM prompt (``<fim_prefix> P <fim_suffix> S <fim_middle>``, see ``code_fm.fim``).
+the cursor, the FIM prompt (``<fim_prefix> P <fim_suffix> S <fim_middle>``, see ``code_fm.fim_format``).
 The prompt keeps the most recent ``context`` tokens (the caller is told when it was cut).
 
 Token healing: a cursor rarely falls on a token boundary the model saw in training (``"    ret"``
@@ -22,12 +22,11 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from code_fm.fim import fim_layout
-from fm_core.causal_lm import NextTokenModel, generate
+from code_fm.fim_format import FIMTokenizer, fim_layout
+from fm_core.decoding import NextTokenModel, generate
 
 
 class CompletionError(ValueError):
@@ -77,7 +76,7 @@ class Completion:
 class Completer:
     """Completion of text at a cursor with any ``NextTokenModel`` sharing the BPE tokenizer."""
 
-    def __init__(self, model: NextTokenModel, tokenizer: Any, context: int):
+    def __init__(self, model: NextTokenModel, tokenizer: FIMTokenizer, context: int):
         if context < 8:
             raise ValueError(f"context {context} is too small")
         self.model, self.tok, self.context = model, tokenizer, context
@@ -178,9 +177,9 @@ def cursor_offset(text: str, line: int, column: int, where: str) -> int:
     return sum(len(x) + 1 for x in lines[: line - 1]) + column
 
 
-def load_completer(checkpoint: str, context: int | None = None) -> tuple[Completer, Any]:
-    from fm_core.causal_lm import NeuralLM
+def load_completer(checkpoint: str, context: int | None = None) -> tuple[Completer, FIMTokenizer]:
     from fm_core.checkpoint import CheckpointError
+    from fm_core.decoding import NeuralLM
     from fm_core.export import load_pretrained
 
     if not Path(checkpoint).exists():
@@ -191,8 +190,8 @@ def load_completer(checkpoint: str, context: int | None = None) -> tuple[Complet
         raise CompletionError(f"checkpoint {checkpoint}: {err}") from err
     if not net.config.causal:
         raise CompletionError(f"checkpoint {checkpoint} is a masked LM (causal=false): adapt it first with "
-                              f"fm-finetune task=code_completion init_from={checkpoint}")
-    if not hasattr(tok, "fim_middle_id"):
+                              f"fm-finetune task=code_completion model.init_from={checkpoint}")
+    if not isinstance(tok, FIMTokenizer):
         raise CompletionError(f"checkpoint {checkpoint}: its tokenizer ({tok.to_dict().get('kind')}) has no "
                               f"fill-in-the-middle sentinels: not a code completion model")
     return Completer(NeuralLM(net), tok, context or net.config.max_length), tok

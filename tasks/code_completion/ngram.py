@@ -7,7 +7,7 @@ and its binary tools. Here an n-gram is one int64 key (``bits`` per token), coun
 
 Score of token ``w`` after context ``c`` (orders high to low): ``count(c w) / count(c)`` at the
 longest context where ``c w`` was seen, times ``backoff`` per order dropped; unigram at the bottom.
-It implements ``fm_core.causal_lm.NextTokenModel`` so the same decoding loop drives it.
+It implements ``fm_core.decoding.NextTokenModel`` so the same decoding loop drives it.
 """
 
 from __future__ import annotations

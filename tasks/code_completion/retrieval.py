@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from rapidfuzz import fuzz, process
 
+from fm_core.padding import pad_batch
+
 FEATURES = ("retrieval_similarity", "logp_model_line", "logp_retrieved_line", "mean_logp_model_line",
             "mean_logp_retrieved_line", "tokens_model_line", "tokens_retrieved_line", "agreement",
             "no_retrieved_line")
@@ -68,10 +70,7 @@ def line_logprobs(completer: Any, prompts: Sequence[Any], lines: Sequence[str],
     order = np.argsort([len(s) for s in seqs])
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
-        width = max(len(seqs[i]) for i in idx)
-        x = torch.full((len(idx), width), tok.pad_id, dtype=torch.long)
-        for r, i in enumerate(idx):
-            x[r, : len(seqs[i])] = torch.as_tensor(seqs[i])
+        x = pad_batch([seqs[i] for i in idx], tok.pad_id)  # (B, L)
         logp = net.mlm_logits(net.encoder(x)["hidden"]).float().log_softmax(-1)
         for r, i in enumerate(idx):
             s, n = starts[i], spans[i]

@@ -32,9 +32,11 @@ import torch
 from tqdm import tqdm
 
 from code_fm.fim import FIMDataModule
-from fm_core.causal_lm import CausalLMModule, NeuralLM
+from code_fm.fim_format import FIMTokenizer
+from fm_core.decoding import NeuralLM
 from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
+from fm_core.module import CausalLMModule
 from fm_core.schedules import warmup_decay
 from fm_core.shards import ShardDataset, load_tokenizer
 from tasks.code_completion import evaluate as ev
@@ -43,18 +45,19 @@ from tasks.code_completion.ngram import NgramLM
 from tasks.code_completion.retrieval import RetrievalGate, choose, fit_gate
 
 log = logging.getLogger(__name__)
+TABLE_METRICS = ("line/exact_match", "line/edit_sim", "fim/exact_match", "syntax/parse_rate")
 
 
 class CodeCompletionTask:
-    def __init__(self, data_dir: str, size: str = "mini", max_length: int = 256, max_tokens: int = 2048,
-                 steps: int = 100, lr: float = 1e-3, warmup_steps: int = 20, weight_decay: float = 0.01,
-                 fim_rate: float = 0.5, spm_rate: float = 0.5, eval_split: str = "test", line_prompts: int = 1000,
-                 fim_prompts: int = 200, functions: int = 60, ngram_order: int = 4, batch_size: int = 32,
-                 random_init_baseline: bool = True, threads: int = 1, retrieval: bool = True,
-                 gate_prompts: int = 400, gate_split: str = "valid"):
+    """Every option is required: the defaults live in ``conf/task/code_completion.yaml``."""
+
+    def __init__(self, *, data_dir: str, max_length: int, max_tokens: int, steps: int, lr: float,
+                 warmup_steps: int, weight_decay: float, fim_rate: float, spm_rate: float, eval_split: str,
+                 line_prompts: int, fim_prompts: int, functions: int, ngram_order: int, batch_size: int,
+                 random_init_baseline: bool, threads: int, retrieval: bool, gate_prompts: int, gate_split: str):
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
 
-    def adapt(self, run: FinetuneRun, net: torch.nn.Module, tok: Any, name: str) -> dict[str, float]:
+    def adapt(self, run: FinetuneRun, net: torch.nn.Module, tok: FIMTokenizer, name: str) -> dict[str, float]:
         """Continue training ``net`` (causal) on FIM-formatted windows of the train split."""
         dm = FIMDataModule(tok, self.data_dir, fim_rate=self.fim_rate, spm_rate=self.spm_rate,
                            max_length=self.max_length, max_tokens=self.max_tokens, seed=run.seed)
@@ -71,9 +74,9 @@ class CodeCompletionTask:
     def run(self, run: FinetuneRun) -> dict[str, Any]:
         torch.set_num_threads(self.threads)
         tok = load_tokenizer(self.data_dir)
-        if not hasattr(tok, "fim_middle_id"):
+        if not isinstance(tok, FIMTokenizer):
             raise ValueError(f"{self.data_dir}: tokenizer {tok.to_dict().get('kind')} has no FIM sentinels")
-        net = run.backbone(tok, self.size if run.init_from is None else None, causal=True, max_length=self.max_length)
+        net = run.backbone(tok, causal=True, max_length=self.max_length)
         systems: dict[str, torch.nn.Module] = {}
         metrics: dict[str, Any] = {"data/eval_split": self.eval_split}
         name = "model" if run.init_from else "random_init"
@@ -87,8 +90,7 @@ class CodeCompletionTask:
         metrics["export"] = str(export)
 
         # held-out files and the baselines fitted on the train split
-        test = ShardDataset(Path(self.data_dir) / self.eval_split)
-        texts = [tok.decode(test.array(i)) for i in range(len(test))]
+        texts = self.texts(tok, self.eval_split)
         lines = ev.line_cases(texts, self.line_prompts, run.seed)
         fims = ev.line_cases(texts, self.fim_prompts, run.seed + 1)
         funcs = ev.function_cases(texts, self.functions, run.seed + 2)
@@ -102,9 +104,7 @@ class CodeCompletionTask:
         completers[f"ngram{self.ngram_order}"] = Completer(ngram, tok, self.max_length)
         gate_cases: list[ev.LineCase] = []
         if self.retrieval:
-            gate_set = ShardDataset(Path(self.data_dir) / self.gate_split)
-            gate_cases = ev.line_cases([tok.decode(gate_set.array(i)) for i in range(len(gate_set))],
-                                       self.gate_prompts, run.seed + 3)
+            gate_cases = ev.line_cases(self.texts(tok, self.gate_split), self.gate_prompts, run.seed + 3)
             metrics["data/gate_prompts"] = len(gate_cases)
         for key, completer in completers.items():
             preds = line_preds[key] = []
@@ -120,14 +120,15 @@ class CodeCompletionTask:
         for key, res in results.items():
             metrics.update({f"{metric}/{key}": value for metric, value in res.items()})
         if run.init_from:
-            ours = [k for k in results if k.split("+")[0] == "model"]
-            for metric in ("line/exact_match", "line/edit_sim", "fim/exact_match", "syntax/parse_rate"):
-                best = max((results[k][metric] for k in ours if metric in results[k]), default=float("-inf"))
-                others = [res[metric] for key, res in results.items() if key not in ours and metric in res]
-                metrics[f"beats_baselines/{metric}"] = bool(best > max(others))
+            metrics.update(beats_baselines(results))
         metrics.update(self.write_line_predictions(Path(run.run_dir), lines, line_preds, run.seed))
         print(table(results))
         return metrics
+
+    def texts(self, tok: FIMTokenizer, split: str) -> list[str]:
+        """The decoded files of one split of the prepared directory."""
+        files = ShardDataset(Path(self.data_dir) / split)
+        return [tok.decode(files.array(i)) for i in range(len(files))]
 
     @staticmethod
     def write_line_predictions(run_dir: Path, lines: list[ev.LineCase], preds: dict[str, list[str]],
@@ -159,9 +160,19 @@ class CodeCompletionTask:
         return out, gate, chosen
 
 
+def beats_baselines(results: dict[str, dict[str, float]]) -> dict[str, bool]:
+    """Per headline metric: is the better of ``model`` and ``model+retrieval`` above every other system?"""
+    ours = [k for k in results if k.split("+")[0] == "model"]
+    out = {}
+    for metric in TABLE_METRICS:
+        best = max((results[k][metric] for k in ours if metric in results[k]), default=float("-inf"))
+        others = [res[metric] for key, res in results.items() if key not in ours and metric in res]
+        out[f"beats_baselines/{metric}"] = bool(best > max(others))
+    return out
+
+
 def table(results: dict[str, dict[str, float]]) -> str:
-    cols = ["line/exact_match", "line/edit_sim", "fim/exact_match", "syntax/parse_rate"]
-    rows = [f"{'system':<14}" + "".join(f"{c:>20}" for c in cols)]
+    rows = [f"{'system':<14}" + "".join(f"{c:>20}" for c in TABLE_METRICS)]
     for key, res in results.items():
-        rows.append(f"{key:<14}" + "".join(f"{res[c]:>20.2f}" if c in res else f"{'-':>20}" for c in cols))
+        rows.append(f"{key:<14}" + "".join(f"{res[c]:>20.2f}" if c in res else f"{'-':>20}" for c in TABLE_METRICS))
     return "\n".join(rows)

@@ -3,9 +3,10 @@
 Methods, all on the same test chains, one run:
 
 - ``esm_lr``: ESM's unsupervised recipe: the symmetrised, APC-corrected attention maps of every
-  layer and head (``fm_core.model.ContactHead.features``) as features, an L1 logistic regression
+  layer and head (``bio_fm.contact.ContactHead.features``) as features, an L1 logistic regression
   (scikit-learn) fitted on at most ``max_train_chains`` training chains; the fitted weights go into
-  the backbone's ``contact_head``, so ``net.predict_contacts`` and ``fm-predict-structure`` use it.
+  the backbone's contact head (``net.heads["contact"]``, saved with its export), so
+  ``bio_fm.contact.predict_contacts`` and ``fm-predict-structure`` use it.
 - ``supervised``: a ``PairHead`` over last-layer embeddings trained with Lightning on training
   chains (backbone frozen, or fine-tuned with ``supervised.finetune_backbone``).
 - ``random_init_esm_lr``, ``random_init_supervised``: the same over a randomly initialised
@@ -28,11 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bio_fm.contact import attach_contact_head, predict_contacts
 from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
 from tasks.structure import data as sd
-from tasks.structure.heads import ContactDataset, ContactModule, PairHead, save_head
+from tasks.structure.heads import ContactDataset, ContactModule, PairHead, contact_probabilities, save_head
 from tasks.structure.metrics import (
     MIN_SEPARATION,
     RANGES,
@@ -59,7 +61,7 @@ def pair_training_set(feats: list[np.ndarray], contacts: list[np.ndarray], min_s
 
 def fit_contact_regression(net: MaskedLM, tokenizer, chains: list[sd.Chain], C: float, seed: int) -> dict[str, float]:
     """ESM's recipe: L1 logistic regression on attention-map features of ``chains``; the weights are
-    written into ``net.contact_head``. Returns fit statistics."""
+    written into the backbone's contact head (added when it has none). Returns fit statistics."""
     from sklearn.linear_model import LogisticRegression
 
     feats = [sd.backbone_features(net, tokenizer, c, embeddings=False, attention=True)["attention"]
@@ -75,9 +77,10 @@ def fit_contact_regression(net: MaskedLM, tokenizer, chains: list[sd.Chain], C: 
     lr.fit((x - mean) / std, y)
     w = lr.coef_[0] / std
     b = lr.intercept_[0] - float((w * mean).sum())
+    head = attach_contact_head(net)
     with torch.no_grad():
-        net.contact_head.regression.weight.copy_(torch.as_tensor(w[None], dtype=torch.float32))
-        net.contact_head.regression.bias.fill_(b)
+        head.regression.weight.copy_(torch.as_tensor(w[None], dtype=torch.float32))
+        head.regression.bias.fill_(b)
     return {"pairs": int(len(y)), "positive_fraction": float(y.mean()), "nonzero_weights": int((lr.coef_ != 0).sum())}
 
 
@@ -86,17 +89,15 @@ def attention_scorer(net: MaskedLM, tokenizer) -> Scorer:
     def score(chain: sd.Chain) -> np.ndarray:
         net.eval()
         tokens = torch.as_tensor(tokenizer.add_special_tokens(chain.tokens))[None]
-        return net.predict_contacts(tokens)[0].float().numpy()
+        return predict_contacts(net, tokens)[0].float().numpy()
 
     return score
 
 
-def pair_head_scorer(module: ContactModule, tokenizer) -> Scorer:
-    @torch.no_grad()
+def pair_head_scorer(backbone: MaskedLM, head: PairHead, tokenizer) -> Scorer:
     def score(chain: sd.Chain) -> np.ndarray:
-        module.eval()
         tokens = torch.as_tensor(tokenizer.add_special_tokens(chain.tokens))[None]
-        return torch.sigmoid(module(tokens))[0].float().numpy()
+        return contact_probabilities(backbone, head, tokens)[0].float().numpy()
 
     return score
 
@@ -110,24 +111,25 @@ class ContactTask(sd.StructureTask):
         self.supervised, self.plot_chains = dict(supervised), plot_chains
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
-        alphabet, net, rand, max_res, data_dir, test, groups, metrics = self.setup(run)
+        s = self.setup(run)
+        alphabet, net, test, groups, metrics = s.tokenizer, s.net, s.test, s.groups, s.metrics
         sup = self.supervised
-        pool = [c.crop(max_res) for c in sd.load_split(data_dir, "train", max(self.max_train_chains, sup["train_chains"]),
-                                                       run.seed)]
+        pool = [c.crop(s.max_residues)
+                for c in sd.load_split(s.data_dir, "train", max(self.max_train_chains, sup["train_chains"]), run.seed)]
         lr_chains = pool[: self.max_train_chains]
         metrics["data/train_chains_regression"] = len(lr_chains)
         metrics["data/train_chains_supervised"] = min(len(pool), sup["train_chains"])
 
         scorers: dict[str, Scorer] = {}
-        for prefix, backbone in (("", net), ("random_init_", rand)):
+        for prefix, backbone in (("", net), ("random_init_", s.random_net)):
             fit = fit_contact_regression(backbone, alphabet, lr_chains, self.l1_C, run.seed)
             metrics.update({f"fit/{prefix}esm_lr/{k}": v for k, v in fit.items()})
             scorers[f"{prefix}esm_lr"] = attention_scorer(backbone, alphabet)
         modules = {}
-        for prefix, backbone in (("", net), ("random_init_", rand)):
+        for prefix, backbone in (("", net), ("random_init_", s.random_net)):
             modules[prefix] = self.train_pair_head(run, backbone, alphabet, pool[: sup["train_chains"]], sup,
                                                    f"{prefix}supervised")
-            scorers[f"{prefix}supervised"] = pair_head_scorer(modules[prefix], alphabet)
+            scorers[f"{prefix}supervised"] = pair_head_scorer(backbone, modules[prefix].head, alphabet)
         scorers["random"] = lambda c: random_scores(len(c), seed=run.seed)
         scorers["separation_prior"] = lambda c: separation_prior_scores(len(c), seed=run.seed)
 
@@ -166,7 +168,8 @@ class ContactTask(sd.StructureTask):
         head = PairHead(backbone.config.embed_dim, proj=sup["proj"], channels=sup["channels"],
                         dilations=sup["dilations"])
         module = ContactModule(backbone, head, finetune_backbone=sup["finetune_backbone"], lr=sup["lr"],
-                               backbone_lr=sup["backbone_lr"], min_separation=MIN_SEPARATION, name=name)
+                               backbone_lr=sup["backbone_lr"], weight_decay=sup["weight_decay"],
+                               min_separation=MIN_SEPARATION, name=name)
         items = [(tokenizer.add_special_tokens(c.tokens), c.contacts()) for c in chains]
         ds = ContactDataset(items, crop=sup["crop"], pad_id=backbone.config.pad_id, min_separation=MIN_SEPARATION,
                             seed=run.seed)

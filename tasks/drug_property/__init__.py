@@ -1,1 +1,1 @@
-"""drug_property task."""
+"""Drug property prediction: MLP heads over molecular features, metrics, the RandomForest baseline, fm-score."""

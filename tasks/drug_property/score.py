@@ -47,7 +47,7 @@ def prepare_mol(text: str, largest_fragment: bool) -> tuple[Any, str | None]:
     from rdkit import Chem
     from rdkit.Chem.MolStandardize import rdMolStandardize
 
-    from data_prep.molecules import parse
+    from chem_fm.standardize import parse
 
     mol, why = parse(text)
     if mol is None:

@@ -1,15 +1,14 @@
 """A trained property scorer: representations (with their fitted state) + an ensemble of MLP heads.
 
 Saved as ``scorer.json`` (kind, label, target scaling, each representation's config and state,
-head shape) + ``heads.safetensors``; a backbone representation's export directory is copied into
-``backbone/`` so the folder is self-contained. Loading instantiates only classes of
+head shape) + ``heads.safetensors``; a representation that needs a backbone has it exported into
+``backbone_<name>/`` so the folder is self-contained. Loading instantiates only classes of
 ``chem_fm.features`` (a saved file never names arbitrary code).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,13 +16,14 @@ from typing import Any
 import numpy as np
 from safetensors.torch import load_file, save_file
 
-from chem_fm.features import featurize
+from chem_fm.features import Features, featurize
+from fm_core.export import load_pretrained, save_pretrained
 from tasks.drug_property.heads import MLP, predict
 
 FEATURE_MODULE = "chem_fm.features."
 
 
-def build_features(configs: dict[str, Any]) -> dict[str, Any]:
+def build_features(configs: dict[str, Any]) -> dict[str, Features]:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -42,7 +42,7 @@ class Scorer:
     kind: str  # classification | regression
     label: str
     feature_configs: dict[str, dict[str, Any]]
-    features: dict[str, Any]
+    features: dict[str, Features]
     heads: list[MLP]
     hidden: tuple[int, ...]
     y_mean: float = 0.0
@@ -56,17 +56,10 @@ class Scorer:
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        states = {}
+        states = {name: f.state() for name, f in self.features.items()}
         for name, f in self.features.items():
-            state = f.state()
-            if state.get("init_from"):  # a backbone: copy its export next to the heads
-                src = Path(state["init_from"])
-                target = d / (f"backbone_{name}" + (src.suffix if src.is_file() else ""))
-                if target.is_dir():
-                    shutil.rmtree(target)
-                (shutil.copy2 if src.is_file() else shutil.copytree)(src, target)
-                state = {**state, "init_from": target.name}
-            states[name] = state
+            if f.needs_backbone:
+                save_pretrained(d / f"backbone_{name}", f.net, f.tokenizer)
         spec = {"kind": self.kind, "label": self.label, "y_mean": self.y_mean, "y_std": self.y_std,
                 "hidden": list(self.hidden), "members": len(self.heads),
                 "in_dim": self.heads[0].net[0].in_features,
@@ -85,14 +78,13 @@ class Scorer:
         configs = {n: v["config"] for n, v in spec["features"].items()}
         features = build_features(configs)
         for n, f in features.items():
-            state = dict(spec["features"][n]["state"])
-            if state.get("init_from"):
-                state["init_from"] = str(d / state["init_from"])
-            f.load_state(state)
+            if f.needs_backbone:
+                f.use_backbone(*load_pretrained(d / f"backbone_{n}"))
+            f.load_state(spec["features"][n]["state"])
         weights = load_file(str(d / "heads.safetensors"))
         heads = []
         for i in range(spec["members"]):
-            h = MLP(spec["in_dim"], tuple(spec["hidden"]))
+            h = MLP(spec["in_dim"], hidden=tuple(spec["hidden"]), dropout=0.0)  # eval only: no dropout
             h.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.split(".", 1)[0] == str(i)})
             h.eval()
             heads.append(h)

@@ -1,9 +1,11 @@
 """``fm-finetune task=drug_property dataset=<name>``: molecular property heads on scaffold splits.
 
-The dataset (``conf/dataset/*.yaml``) is prepared by ``fm-prep molecules`` (canonical SMILES,
-rejects and label conflicts counted, scaffold and random splits) into ``data_dir/<name>`` (cached:
-a second run reuses it). Representations (``task.features``, each chosen by ``_target_``) are fitted
-on the training molecules only and concatenated; an MLP head per seed is trained with early
+The dataset (``conf/dataset/*.yaml``) is read from ``data_dir/<name>``, prepared beforehand by
+``fm-prep molecules`` (canonical SMILES, rejects and label conflicts counted, scaffold and random
+splits); the task never prepares it: a missing or differently prepared directory is an error
+naming the command that makes it. Representations (``task.features``, each chosen by ``_target_``;
+one that needs a backbone gets fm-finetune's, ``model.init_from=``) are fitted on the training
+molecules only and concatenated; an MLP head per seed (Lightning) is trained with early
 stopping on the validation split; the seeds' test metrics give mean and std, their mean
 prediction is the ensemble (its member spread is the uncertainty). A RandomForest on Morgan bits is
 trained in the same run on the same split as the in-run baseline. The trained ensemble is saved in
@@ -18,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from chem_fm.features import MorganFeatures, featurize
+from chem_fm.features import Features, MorganFeatures, featurize
+from chem_fm.smiles import SmilesTokenizer
 from fm_core.finetune import FinetuneRun
 from fm_core.plots import save_figure
 from tasks.drug_property.heads import HeadConfig, fit_mlp, predict
@@ -31,34 +34,58 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 
 
-def load_dataset(dataset: dict[str, Any], data_dir: str | Path, split: str = "scaffold") -> dict[str, Any]:
-    """Prepare (or reuse) ``fm-prep molecules`` output; returns SMILES, labels and split names,
-    restricted to a seeded ``subset`` of each split when the dataset config asks for one."""
-    import pyarrow.parquet as pq
+def prep_command(dataset: dict[str, Any], out: Path) -> str:
+    """The ``fm-prep molecules`` command that prepares ``dataset`` into ``out``."""
+    cmd = (f"fm-prep molecules --source {dataset['source']} --out {out} --on-conflict {dataset['on_conflict']} "
+           f"--seed {dataset['split_seed']}")
+    if dataset["inputs"]:
+        cmd += " --input " + " ".join(str(p) for p in dataset["inputs"])
+    if dataset["max_rows"] is not None:
+        cmd += f" --max-rows {dataset['max_rows']}"
+    return cmd + ("" if dataset["largest_fragment"] else " --keep-fragments")
 
-    from data_prep.molecules import MoleculePrepConfig, prepare
+
+def read_manifest(dataset: dict[str, Any], out: Path) -> dict[str, Any]:
+    """``out/manifest.json`` of ``fm-prep molecules``, checked against the dataset config; a clear
+    error naming the command when it is missing or was prepared with other settings."""
+    import json
+
+    manifest_path = out / "manifest.json"
+    if not (manifest_path.is_file() and (out / "molecules.parquet").is_file()):
+        missing = manifest_path if not manifest_path.is_file() else out / "molecules.parquet"
+        raise FileNotFoundError(f"dataset {dataset['name']!r}: {missing} not found; prepare it first with "
+                                f"`{prep_command(dataset, out)}`")
+    manifest = json.loads(manifest_path.read_text())
+    want = {"source": dataset["source"], "largest_fragment": dataset["largest_fragment"],
+            "on_conflict": dataset["on_conflict"], "seed": dataset["split_seed"], "max_rows": dataset["max_rows"]}
+    got = {k: manifest["config"].get(k) for k in want}
+    if got != want:
+        raise ValueError(f"dataset {dataset['name']!r}: {out} was prepared with {got}, the config asks for "
+                         f"{want}; prepare it again with `{prep_command(dataset, out)}`")
+    return manifest
+
+
+def load_dataset(dataset: dict[str, Any], data_dir: str | Path, split: str) -> dict[str, Any]:
+    """SMILES, labels and split names of ``fm-prep molecules`` output, restricted to a seeded
+    ``subset`` of each split when the dataset config asks for one."""
+    import pyarrow.parquet as pq
 
     if split not in ("scaffold", "random"):
         raise ValueError(f"split must be 'scaffold' or 'random', got {split!r}")
     out = Path(data_dir) / str(dataset["name"])
-    manifest = prepare(MoleculePrepConfig(source=dataset["source"], inputs=dataset.get("inputs"), out=str(out),
-                                          largest_fragment=bool(dataset.get("largest_fragment", True)),
-                                          on_conflict=str(dataset.get("on_conflict", "drop")),
-                                          seed=int(dataset.get("split_seed", 0)),
-                                          max_rows=dataset.get("max_rows")))
+    counts = read_manifest(dataset, out)["counts"]
     table = pq.read_table(out / "molecules.parquet").to_pydict()
     smiles = np.array(table["smiles"], dtype=object)
     y = np.array(table[dataset["label"]], dtype=np.float64)
     names = np.array(table[f"split_{split}"])
-    subset = dataset.get("subset")
+    subset = dataset["subset"]
     keep = np.ones(len(smiles), dtype=bool)
     if subset and subset < len(smiles):  # the same fraction of every split, seeded
-        rng = np.random.default_rng(int(dataset.get("split_seed", 0)))
+        rng = np.random.default_rng(int(dataset["split_seed"]))
         keep[:] = False
         for s in SPLITS:
             idx = np.flatnonzero(names == s)
             keep[rng.choice(idx, size=int(round(len(idx) * subset / len(smiles))), replace=False)] = True
-    counts = manifest["counts"]
     info = {"data/read": counts["read"], "data/kept": counts["kept"],
             **{f"data/rejected_{k}": v for k, v in sorted(counts["rejected"].items())},
             "data/dir": str(out)}
@@ -67,22 +94,40 @@ def load_dataset(dataset: dict[str, Any], data_dir: str | Path, split: str = "sc
     return {"smiles": smiles, "y": y, "parts": parts, "info": info}
 
 
+def plain(node: Any) -> Any:
+    """A config node as plain Python containers (a dict/list given directly is returned as is)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig | ListConfig) else node
+
+
 class DrugPropertyTask:
-    def __init__(self, dataset: DictConfig, features: DictConfig, head: DictConfig | None = None,
-                 seeds: list[int] | None = None, split: str = "scaffold", data_dir: str = "data/molecules",
-                 rf_baseline: DictConfig | None = None, threads: int = 1):
-        self.dataset = OmegaConf.to_container(dataset, resolve=True) if isinstance(dataset, DictConfig) else dict(dataset)
-        self.feature_configs = {k: (OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig) else dict(v))
-                                for k, v in features.items() if v is not None}
-        h = OmegaConf.to_container(head, resolve=True) if isinstance(head, DictConfig) else dict(head or {})
-        self.head = HeadConfig(**{**h, "hidden": tuple(h.get("hidden", HeadConfig.hidden))})
-        self.seeds = list(seeds if seeds is not None else [0, 1, 2])
+    """Every argument is required: the defaults live in conf/task/drug_property.yaml."""
+
+    def __init__(self, *, dataset: DictConfig, features: DictConfig, head: DictConfig, seeds: list[int], split: str,
+                 data_dir: str, rf_baseline: DictConfig | None, threads: int):
+        self.dataset = dict(plain(dataset))
+        self.feature_configs = {k: dict(plain(v)) for k, v in features.items() if v is not None}
+        self.head = HeadConfig(**plain(head))
+        self.seeds = list(seeds)
         if len(self.seeds) < 1:
             raise ValueError("task.seeds: give at least one seed (3 or more for mean and std)")
         self.split, self.data_dir, self.threads = split, data_dir, threads
-        self.rf = OmegaConf.to_container(rf_baseline, resolve=True) if isinstance(rf_baseline, DictConfig) else rf_baseline
+        self.rf = plain(rf_baseline)
         if self.dataset["kind"] not in ("classification", "regression"):
             raise ValueError(f"dataset.kind must be classification or regression, got {self.dataset['kind']!r}")
+
+    def build_features(self, run: FinetuneRun, train: list[Any]) -> dict[str, Features]:
+        """The configured representations, fitted on the training molecules; those that need a
+        backbone share fm-finetune's (``run.backbone``, built once)."""
+        features = build_features(self.feature_configs)
+        users = [f for f in features.values() if f.needs_backbone]
+        if users:
+            tokenizer = SmilesTokenizer()
+            net = run.backbone(tokenizer)
+            for f in users:
+                f.use_backbone(net, tokenizer)
+        for f in features.values():
+            f.fit(train)
+        return features
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
         import torch
@@ -97,11 +142,7 @@ class DrugPropertyTask:
         metrics: dict[str, Any] = {"dataset": self.dataset["name"], "split": self.split, **data["info"]}
 
         started = time.perf_counter()
-        features = build_features(self.feature_configs)
-        for f in features.values():
-            if hasattr(f, "bind"):
-                f.bind(run.init_from)
-            f.fit(mols["train"])
+        features = self.build_features(run, mols["train"])
         x = {s: featurize(features, mols[s]) for s in SPLITS}
         metrics["features/dim"] = int(x["train"].shape[1])
         metrics["features/seconds"] = time.perf_counter() - started
@@ -141,21 +182,19 @@ class DrugPropertyTask:
         return metrics
 
 
-def rf_baseline(kind: str, mols: dict[str, list], ys: dict[str, np.ndarray], seeds: list[int],
-                n_estimators: int = 500, radius: int = 2, size: int = 2048, n_jobs: int = 1) -> dict[str, float]:
-    """scikit-learn RandomForest on Morgan bits (the standard baseline), one forest per seed."""
+def rf_baseline(kind: str, mols: dict[str, list], ys: dict[str, np.ndarray], seeds: list[int], *,
+                n_estimators: int, radius: int, size: int, n_jobs: int) -> dict[str, float]:
+    """scikit-learn RandomForest on Morgan bits (the standard baseline), one forest per seed
+    (``task.rf_baseline``: the defaults in conf/task/drug_property.yaml)."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    fp = MorganFeatures(radius=radius, size=size, counts=False)
+    fp = MorganFeatures(radius=radius, size=size, counts=False, log_counts=False, chirality=False)
     x = {s: fp.transform(mols[s]) for s in SPLITS}
     per_seed = []
     for seed in seeds:
-        if kind == "classification":
-            rf = RandomForestClassifier(n_estimators=n_estimators, n_jobs=n_jobs, random_state=seed).fit(x["train"], ys["train"])
-            pred = rf.predict_proba(x["test"])[:, 1]
-        else:
-            rf = RandomForestRegressor(n_estimators=n_estimators, n_jobs=n_jobs, random_state=seed).fit(x["train"], ys["train"])
-            pred = rf.predict(x["test"])
+        forest = RandomForestClassifier if kind == "classification" else RandomForestRegressor
+        rf = forest(n_estimators=n_estimators, n_jobs=n_jobs, random_state=seed).fit(x["train"], ys["train"])
+        pred = rf.predict_proba(x["test"])[:, 1] if kind == "classification" else rf.predict(x["test"])
         per_seed.append(property_metrics(kind, ys["test"], pred))
     return mean_std(per_seed, "rf/test/")
 

@@ -1,1 +1,1 @@
-"""secondary_structure task."""
+"""Secondary structure (3/8-state DSSP) from backbone embeddings, with single-sequence and profile baselines."""

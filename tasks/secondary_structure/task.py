@@ -87,13 +87,14 @@ class SecondaryStructureTask(sd.StructureTask):
         self.window_mlp, self.train = dict(window_mlp), dict(train)
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
-        alphabet, net, rand, max_res, data_dir, test, groups, metrics = self.setup(run)
-        train = [c.crop(max_res) for c in sd.load_split(data_dir, "train", self.max_train_chains, run.seed)]
+        s = self.setup(run)
+        alphabet, net, test, groups, metrics = s.tokenizer, s.net, s.test, s.groups, s.metrics
+        train = [c.crop(s.max_residues) for c in sd.load_split(s.data_dir, "train", self.max_train_chains, run.seed)]
         metrics["data/train_chains"] = len(train)
         metrics["data/train_residues"] = int(sum(len(c) for c in train))
 
         sources: dict[str, Features] = {"onehot": onehot, "embeddings": embeddings(net, alphabet, self.repr_layers),
-                                        "random_init_embeddings": embeddings(rand, alphabet, self.repr_layers)}
+                                        "random_init_embeddings": embeddings(s.random_net, alphabet, self.repr_layers)}
         if all(c.profile is not None for c in train + test):
             sources["profile"] = profile
         methods: dict[str, tuple[str, dict]] = {}
@@ -107,7 +108,7 @@ class SecondaryStructureTask(sd.StructureTask):
         preds: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         trained: dict[str, WindowHead] = {}
         for source, fn in sources.items():
-            mine = {m: spec for m, (s, spec) in methods.items() if s == source}
+            mine = {m: spec for m, (src, spec) in methods.items() if src == source}
             if not mine:
                 continue
             train_x = [fn(c) for c in tqdm(train, desc=f"{source} (train)", leave=False)]
@@ -148,7 +149,7 @@ class SecondaryStructureTask(sd.StructureTask):
         torch.manual_seed(run.seed)
         head = WindowHead(feats[0].shape[1], out_dims=(len(SS3), len(DSSP8)), **spec)
         head.set_standardisation(feats)
-        module = ResidueModule(head, name, lr=self.train["lr"], weight_decay=self.train["weight_decay"])
+        module = ResidueModule(head, name=name, lr=self.train["lr"], weight_decay=self.train["weight_decay"])
         ds = ResidueDataset(feats, [(c.y3, c.y8) for c in chains])
         loader = torch.utils.data.DataLoader(ds, batch_size=self.train["batch_size"], shuffle=True,
                                              collate_fn=ResidueDataset.collate,

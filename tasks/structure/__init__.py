@@ -1,1 +1,1 @@
-"""structure task."""
+"""What the structure tasks share: prepared chains and backbone features, heads, metrics, fm-predict-structure."""

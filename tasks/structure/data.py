@@ -1,5 +1,10 @@
 """Chains of an ``fm-prep structures`` output for the structure tasks: labels, leakage subsets, and
-per-residue features from a backbone (embeddings, APC-corrected attention maps)."""
+per-residue features from a backbone (embeddings, APC-corrected attention maps).
+
+The tasks read a prepared directory (``task.data_dir``, by default ``data/structure_slice``) and never
+prepare it: ``fm-prep structures --slice --out data/structure_slice`` makes the default one from the
+committed 320-chain slice; a missing directory is an error naming that command.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +19,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from bio_fm.alphabet import ProteinAlphabet
+from bio_fm.contact import attention_features
+from bio_fm.mmseqs import mmseqs_search
 from bio_fm.structure import DSSP8, SS3, contact_atoms, contact_map
-from fm_core.model import ContactHead, MaskedLM
+from fm_core.model import MaskedLM
 from fm_core.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-SLICE = Path(str(files("bio_fm").joinpath("data/structure_slice/structure_db.dat.gz")))
 PRETRAIN_SLICE = Path(str(files("bio_fm").joinpath("data/uniprot_slice/train.fasta.gz")))
 AMINO = "ACDEFGHIKLMNPQRSTVWY"
 _LUT8 = np.full(256, -1, dtype=np.int64)
@@ -83,12 +90,25 @@ def _lists(col: pa.ChunkedArray, width: int) -> list[np.ndarray]:
     return out
 
 
+def prepared(data_dir: str | Path) -> Path:
+    """``data_dir`` when it holds a finished ``fm-prep structures`` output, else an error naming the
+    command that makes it."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"{data_dir}: no prepared structures (fm-prep structures output) there. Make it with "
+            f"`fm-prep structures --slice --out {data_dir}` (the committed 320-chain slice) or "
+            f"`fm-prep structures --input <structure_db.dat or PDB folder> --out {data_dir}`, "
+            "or point task.data_dir at one")
+    return data_dir
+
+
 def load_split(data_dir: str | Path, split: str, limit: int | None = None, seed: int = 0) -> list[Chain]:
     """Chains of one split of an ``fm-prep structures`` output; ``limit`` draws that many at random
     (seeded), in file order."""
     from fm_core.shards import ShardDataset
 
-    ds = ShardDataset(Path(data_dir) / split)
+    ds = ShardDataset(prepared(data_dir) / split)
     chains: list[Chain] = []
     keep = np.arange(len(ds))
     if limit is not None and limit < len(ds):
@@ -114,28 +134,16 @@ def load_split(data_dir: str | Path, split: str, limit: int | None = None, seed:
     return chains
 
 
-def prepare_slice(out: str | Path, **overrides: Any) -> Path:
-    """``fm-prep structures`` on the committed 320-chain slice (about 20 s; resumable, so a second
-    call with the same arguments returns at once)."""
-    from data_prep.structures import StructurePrepConfig, prepare
-
-    out = Path(out)
-    prepare(StructurePrepConfig(input=str(SLICE), out=str(out), **overrides))
-    return out
-
-
 def search_pretrain_corpus(chains: list[Chain], corpus: str | Path, threads: int | None = 1) -> int:
     """MMseqs2 search of ``chains`` against the pre-training corpus (FASTA, gzip allowed); sets each
     chain's ``pretrain_max_identity`` and returns the number of chains with a hit."""
-    from data_prep import common
-
     corpus = Path(corpus)
     if not corpus.is_file():
         raise FileNotFoundError(f"pre-training corpus {corpus} not found (task.pretrain_corpus)")
     with tempfile.TemporaryDirectory(prefix="fm_pretrain_search_") as tmp:
         query = Path(tmp) / "query.fa"
         query.write_text("".join(f">{k}\n{c.sequence}\n" for k, c in enumerate(chains)))
-        hits = common.mmseqs_search(query, corpus, Path(tmp), threads=threads)
+        hits = mmseqs_search(query, corpus, Path(tmp), threads=threads)
     best = np.zeros(len(chains), dtype=np.float64)
     for q, _, ident in hits:
         best[int(q)] = max(best[int(q)], ident)
@@ -154,51 +162,58 @@ def subsets(chains: list[Chain], pretrain_identity: float) -> dict[str, list[int
     }
 
 
-def test_chains(seed: int, max_residues: int, *, data_dir: str | None, slice_dir: str, prep: dict,
-                pretrain_corpus: str | None, pretrain_identity: float, max_test_chains: int | None,
-                mmseqs_threads: int | None) -> tuple[Path, list[Chain], dict[str, list[int]], dict[str, Any]]:
-    """What both structure tasks evaluate on: the data directory (``data_dir``, or the committed slice
-    prepared into ``slice_dir`` with ``prep``; resumable, so later runs reuse it), the test chains
-    cropped to ``max_residues``, searched against the pre-training corpus, the reporting subsets and
-    their counts."""
-    data = Path(data_dir) if data_dir else prepare_slice(slice_dir, **prep)
+def test_chains(seed: int, max_residues: int, *, data_dir: str | Path, pretrain_corpus: str | None,
+                pretrain_identity: float, max_test_chains: int | None,
+                mmseqs_threads: int | None) -> tuple[list[Chain], dict[str, list[int]], dict[str, Any]]:
+    """What both structure tasks evaluate on: the test chains of ``data_dir`` cropped to
+    ``max_residues``, searched against the pre-training corpus, the reporting subsets and their counts."""
+    data = prepared(data_dir)
     test = [c.crop(max_residues) for c in load_split(data, "test", max_test_chains, seed)]
     corpus = pretrain_corpus or PRETRAIN_SLICE
     search_pretrain_corpus(test, corpus, threads=mmseqs_threads)
     groups = subsets(test, pretrain_identity)
     counts = {**subset_counts(test, groups, pretrain_identity), "data/dir": str(data),
               "data/pretrain_corpus": str(corpus)}
-    return data, test, groups, counts
+    return test, groups, counts
+
+
+@dataclass
+class StructureSetup:
+    """What ``StructureTask.setup`` gives a structure task."""
+
+    tokenizer: ProteinAlphabet
+    net: MaskedLM  # the backbone from ``model`` (``model.init_from=...``, or a random-init size)
+    random_net: MaskedLM  # its random-init twin, the same shape
+    max_residues: int  # chains are cropped to what the backbone's context holds
+    data_dir: Path
+    test: list[Chain]
+    groups: dict[str, list[int]]  # reporting subsets: chain indices into ``test``
+    metrics: dict[str, Any]  # the data counts, the first metrics of the run
 
 
 class StructureTask:
-    """What the contact and secondary-structure tasks share: the backbone (``init_from``, or ``size``
-    from scratch) and its random-init twin, the test chains and their pre-training homology subsets."""
+    """What the contact and secondary-structure tasks share: the backbone (``run.backbone``) and its
+    random-init twin, the test chains of ``data_dir`` and their pre-training homology subsets."""
 
-    def __init__(self, *, size: str, data_dir: str | None, slice_dir: str, prep: dict, pretrain_corpus: str | None,
-                 pretrain_identity: float, max_test_chains: int | None, mmseqs_threads: int | None,
-                 num_threads: int | None):
-        self.size, self.data_dir, self.slice_dir, self.prep = size, data_dir, slice_dir, dict(prep)
-        self.pretrain_corpus, self.pretrain_identity = pretrain_corpus, pretrain_identity
+    def __init__(self, *, data_dir: str, pretrain_corpus: str | None, pretrain_identity: float,
+                 max_test_chains: int | None, mmseqs_threads: int | None, num_threads: int | None):
+        self.data_dir, self.pretrain_corpus, self.pretrain_identity = data_dir, pretrain_corpus, pretrain_identity
         self.max_test_chains, self.mmseqs_threads, self.num_threads = max_test_chains, mmseqs_threads, num_threads
 
-    def setup(self, run: Any) -> tuple[Any, MaskedLM, MaskedLM, int, Path, list[Chain], dict[str, list[int]],
-                                       dict[str, Any]]:
-        """(alphabet, backbone, random-init backbone, max residues, data dir, test chains, subsets, metrics)
-        for a ``fm_core.finetune.FinetuneRun``."""
-        from bio_fm.alphabet import ProteinAlphabet
-
+    def setup(self, run: Any) -> StructureSetup:
+        """The backbones and test chains for a ``fm_core.finetune.FinetuneRun``."""
+        data_dir = prepared(self.data_dir)  # before the backbone: a missing directory fails at once
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         alphabet = ProteinAlphabet()
-        net = run.backbone(alphabet, self.size)
+        net = run.backbone(alphabet)
         rand = run.random_backbone(net, alphabet)
-        max_res = net.config.max_length - 2
-        data_dir, test, groups, metrics = test_chains(
-            run.seed, max_res, data_dir=self.data_dir, slice_dir=self.slice_dir, prep=self.prep,
-            pretrain_corpus=self.pretrain_corpus, pretrain_identity=self.pretrain_identity,
-            max_test_chains=self.max_test_chains, mmseqs_threads=self.mmseqs_threads)
-        return alphabet, net, rand, max_res, data_dir, test, groups, metrics
+        max_res = net.config.max_length - alphabet.num_special_added
+        test, groups, metrics = test_chains(
+            run.seed, max_res, data_dir=data_dir, pretrain_corpus=self.pretrain_corpus,
+            pretrain_identity=self.pretrain_identity, max_test_chains=self.max_test_chains,
+            mmseqs_threads=self.mmseqs_threads)
+        return StructureSetup(alphabet, net, rand, max_res, data_dir, test, groups, metrics)
 
 
 def subset_counts(chains: list[Chain], groups: dict[str, list[int]], pretrain_identity: float) -> dict[str, int]:
@@ -238,10 +253,9 @@ def backbone_features(net: MaskedLM, tokenizer: Tokenizer, chain: Chain, *, embe
     if embeddings:
         res["embeddings"] = torch.cat([out["representations"][k][0, 1:-1] for k in reps], -1).float().numpy()
     if attention:
-        mask = ContactHead.residue_mask(tokens, net.config.pad_id)
-        res["attention"] = net.contact_head.features(out["attentions"], mask)[0].float().numpy()
+        res["attention"] = attention_features(net, tokens, out)[0].float().numpy()
     return res
 
 
-__all__ = ["AMINO", "Chain", "PRETRAIN_SLICE", "SLICE", "backbone_features", "load_split", "prepare_slice",
-           "search_pretrain_corpus", "subset_counts", "subsets", "test_chains"]
+__all__ = ["AMINO", "Chain", "PRETRAIN_SLICE", "StructureSetup", "StructureTask", "backbone_features", "load_split",
+           "prepared", "search_pretrain_corpus", "subset_counts", "subsets", "test_chains"]

@@ -5,13 +5,16 @@
   sequence profiles it is the classic window-MLP baseline; over embeddings it is the probe/conv head.
 - ``PairHead``: contact logits from per-residue embeddings: a projection, the pair tensor
   [a_i, a_j, a_i * a_j], a few residual 2D convolutions (dilated), symmetrised.
-- ``save_head`` / ``load_head``: a head as ``<name>.json`` (``_target_`` + arguments) and
-  ``<name>.safetensors``, so ``fm-predict-structure`` rebuilds it without pickle.
+- ``save_head`` / ``load_head``: a head as ``<name>.json`` (its class's name in ``HEADS`` + arguments)
+  and ``<name>.safetensors``, so ``fm-predict-structure`` rebuilds it without pickle and without
+  importing anything a file names.
+
+Every argument is required: the settings live in ``conf/task/contacts.yaml`` and
+``conf/task/secondary_structure.yaml`` only.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +27,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from fm_core.padding import pad_batch
+
 
 class WindowHead(nn.Module):
-    def __init__(self, in_dim: int, out_dims: Sequence[int] = (3, 8), window: int = 1, hidden: int = 0,
-                 dropout: float = 0.1):
+    def __init__(self, in_dim: int, *, out_dims: Sequence[int], window: int, hidden: int, dropout: float):
         super().__init__()
         if window % 2 != 1:
             raise ValueError(f"window must be odd, got {window}")
@@ -58,8 +62,7 @@ class WindowHead(nn.Module):
 
 
 class PairHead(nn.Module):
-    def __init__(self, in_dim: int, proj: int = 32, channels: int = 32, dilations: Sequence[int] = (1, 2, 4, 1),
-                 kernel: int = 3):
+    def __init__(self, in_dim: int, *, proj: int, channels: int, dilations: Sequence[int], kernel: int = 3):
         super().__init__()
         self.kwargs = {"in_dim": in_dim, "proj": proj, "channels": channels, "dilations": list(dilations),
                        "kernel": kernel}
@@ -90,7 +93,7 @@ class ResidueModule(L.LightningModule):
     """Trains a ``WindowHead`` on precomputed per-residue features: sum of the cross-entropies of
     its outputs (3- and 8-state), padded positions ignored."""
 
-    def __init__(self, head: WindowHead, name: str, lr: float = 1e-3, weight_decay: float = 1e-2):
+    def __init__(self, head: WindowHead, *, name: str, lr: float, weight_decay: float):
         super().__init__()
         self.head, self.name_, self.lr, self.weight_decay = head, name, lr, weight_decay
 
@@ -131,34 +134,44 @@ class ResidueDataset(torch.utils.data.Dataset):
         return {"x": x, "mask": mask, "ys": ys}
 
 
+def residue_embeddings(backbone: nn.Module, tokens: Tensor) -> Tensor:
+    """tokens (B, T) with <cls> ... <eos> -> last-layer embeddings (B, T - 2, D); the <eos>/pad
+    columns of shorter chains are masked out by the pair mask."""
+    layer = backbone.config.num_layers
+    return backbone.encoder(tokens, repr_layers=[layer])["representations"][layer][:, 1:-1]
+
+
+@torch.no_grad()
+def contact_probabilities(backbone: nn.Module, head: PairHead, tokens: Tensor) -> Tensor:
+    """Inference: tokens (B, T) -> contact probabilities (B, T - 2, T - 2) of a trained ``PairHead``."""
+    backbone.eval()
+    head.eval()
+    return torch.sigmoid(head(residue_embeddings(backbone, tokens)))
+
+
 class ContactModule(L.LightningModule):
     """Supervised contacts: backbone embeddings (frozen, or fine-tuned with ``finetune_backbone``)
     -> ``PairHead``; binary cross-entropy over residue pairs at least ``min_separation`` apart."""
 
-    def __init__(self, backbone: nn.Module, head: PairHead, *, finetune_backbone: bool = False,
-                 min_separation: int = 6, lr: float = 1e-3, backbone_lr: float = 1e-4, weight_decay: float = 1e-2,
-                 name: str = "contact_head"):
+    def __init__(self, backbone: nn.Module, head: PairHead, *, finetune_backbone: bool, min_separation: int,
+                 lr: float, backbone_lr: float, weight_decay: float, name: str):
         super().__init__()
         self.backbone, self.head = backbone, head
         self.finetune_backbone, self.min_separation = finetune_backbone, min_separation
         self.lr, self.backbone_lr, self.weight_decay, self.name_ = lr, backbone_lr, weight_decay, name
         self.backbone.requires_grad_(finetune_backbone)
-        self.backbone.contact_head.requires_grad_(False)
+        self.backbone.heads.requires_grad_(False)
         self.backbone.lm_head.requires_grad_(False)
 
     def embed(self, tokens: Tensor) -> Tensor:
-        layer = self.backbone.config.num_layers
         if self.finetune_backbone:
-            rep = self.backbone.encoder(tokens, repr_layers=[layer])["representations"][layer]
-        else:
-            self.backbone.eval()
-            with torch.no_grad():
-                rep = self.backbone.encoder(tokens, repr_layers=[layer])["representations"][layer]
-        return rep[:, 1:-1]  # drop <cls>; the <eos>/pad columns are masked out by the pair mask
+            return residue_embeddings(self.backbone, tokens)
+        self.backbone.eval()
+        with torch.no_grad():
+            return residue_embeddings(self.backbone, tokens)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        emb = self.embed(tokens)
-        return self.head(emb[:, : tokens.shape[1] - 2])
+        return self.head(self.embed(tokens))
 
     def training_step(self, batch: dict[str, Tensor], _: int) -> Tensor:
         logits = self(batch["tokens"])
@@ -179,8 +192,8 @@ class ContactDataset(torch.utils.data.Dataset):
     """Chains as (tokens with specials, contact map), randomly cropped to ``crop`` residues with a
     per-(seed, epoch, index) crop."""
 
-    def __init__(self, items: Sequence[tuple[np.ndarray, np.ndarray]], crop: int, pad_id: int,
-                 min_separation: int, seed: int = 0):
+    def __init__(self, items: Sequence[tuple[np.ndarray, np.ndarray]], *, crop: int, pad_id: int,
+                 min_separation: int, seed: int):
         self.items, self.crop, self.pad_id, self.min_separation, self.seed = items, crop, pad_id, min_separation, seed
         self.calls = 0
 
@@ -200,45 +213,43 @@ class ContactDataset(torch.utils.data.Dataset):
 
     def collate(self, items):
         n = max(len(c) for _, c in items)
-        tokens = torch.full((len(items), n + 2), self.pad_id, dtype=torch.long)
+        tokens = pad_batch([t for t, _ in items], self.pad_id, width=n + 2)  # (B, n + 2)
         contacts = torch.zeros(len(items), n, n, dtype=torch.bool)
         mask = torch.zeros(len(items), n, n, dtype=torch.bool)
         sep = torch.arange(n)[None, :] - torch.arange(n)[:, None]
-        for b, (t, c) in enumerate(items):
+        for b, (_, c) in enumerate(items):
             k = len(c)
-            tokens[b, : len(t)] = torch.as_tensor(t)
             contacts[b, :k, :k] = torch.as_tensor(c)
             mask[b, :k, :k] = sep[:k, :k] >= self.min_separation
         return {"tokens": tokens, "contacts": contacts, "pair_mask": mask}
 
 
 # --- saving heads ----------------------------------------------------------------------------------------
+# the head classes a saved head may name (nothing a file names is imported)
+HEADS: dict[str, type[nn.Module]] = {"WindowHead": WindowHead, "PairHead": PairHead}
+
+
 def save_head(directory: str | Path, name: str, head: nn.Module, **meta: Any) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    cls = type(head)
-    spec = {"_target_": f"{cls.__module__}.{cls.__qualname__}", "kwargs": head.kwargs, **meta}
+    spec = {"head": type(head).__name__, "kwargs": head.kwargs, **meta}
     (directory / f"{name}.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
               str(directory / f"{name}.safetensors"))
     return directory / f"{name}.json"
 
 
-TRUSTED_HEAD_MODULES = ("tasks.",)
-
-
 def load_head(spec_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     spec_path = Path(spec_path)
     spec = json.loads(spec_path.read_text())
-    target = spec["_target_"]
-    if not target.startswith(TRUSTED_HEAD_MODULES):
-        raise ValueError(f"{spec_path}: head class {target!r} is outside {TRUSTED_HEAD_MODULES}")
-    module, _, qual = target.rpartition(".")
-    head = getattr(importlib.import_module(module), qual)(**spec["kwargs"])
+    name = spec.get("head")
+    if name not in HEADS:
+        raise ValueError(f"{spec_path}: unknown head {name!r}; the structure heads are {sorted(HEADS)}")
+    head = HEADS[name](**spec["kwargs"])
     head.load_state_dict(load_file(str(spec_path.with_suffix(".safetensors"))))
     head.eval()
     return head, spec
 
 
-__all__ = ["ContactDataset", "ContactModule", "PairHead", "ResidueDataset", "ResidueModule", "WindowHead",
-           "load_head", "save_head"]
+__all__ = ["HEADS", "ContactDataset", "ContactModule", "PairHead", "ResidueDataset", "ResidueModule", "WindowHead",
+           "contact_probabilities", "load_head", "residue_embeddings", "save_head"]

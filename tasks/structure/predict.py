@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bio_fm.contact import attach_contact_head, predict_contacts
 from bio_fm.fasta import iter_fasta
 from bio_fm.structure import DSSP8, SS3
 from fm_core.export import load_pretrained
@@ -36,7 +37,7 @@ from fm_core.plots import save_figure
 from fm_core.tokenizer import InvalidRecordError
 from tasks.secondary_structure.task import predict_states, states_to_string
 from tasks.structure.data import Chain, backbone_features
-from tasks.structure.heads import ContactModule, load_head
+from tasks.structure.heads import contact_probabilities, load_head
 
 
 def find_heads(checkpoint: Path, extra: list[str]) -> dict[str, tuple[torch.nn.Module, dict]]:
@@ -80,11 +81,13 @@ def predict(checkpoint: str, fasta: str, out: str, heads: list[str] | None = Non
     net, tokenizer = load_pretrained(checkpoint)
     net.eval()
     loaded = find_heads(Path(checkpoint), heads or [])
-    contact = ContactModule(net, loaded["contacts"][0]).eval() if "contacts" in loaded else None
+    contact = loaded["contacts"][0] if "contacts" in loaded else None  # the supervised PairHead
+    if contact is None:
+        attach_contact_head(net)  # the backbone's regression; unfitted (0.5 everywhere) if the export has none
     ss = loaded.get("secondary_structure")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    max_res = net.config.max_length - 2
+    max_res = net.config.max_length - tokenizer.num_special_added
     summary: dict[str, Any] = {"read": 0, "predicted": 0, "cropped": 0, "rejected_invalid": 0,
                                "contacts": "supervised head" if contact else "backbone contact regression",
                                "secondary_structure": bool(ss), "checkpoint": str(checkpoint)}
@@ -107,7 +110,7 @@ def predict(checkpoint: str, fasta: str, out: str, heads: list[str] | None = Non
             name += "_"
         seen.add(name)
         tokens = torch.as_tensor(tokenizer.add_special_tokens(ids))[None]
-        probs = (torch.sigmoid(contact(tokens)) if contact else net.predict_contacts(tokens))[0].float().numpy()
+        probs = (contact_probabilities(net, contact, tokens) if contact else predict_contacts(net, tokens))[0].float().numpy()
         np.save(out_dir / f"{name}.contacts.npy", probs.astype(np.float32))
         if png:
             plot_contacts(out_dir / f"{name}.contacts.png", probs, rid)

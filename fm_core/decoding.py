@@ -1,10 +1,10 @@
-"""Left-to-right use of the shared encoder (``EncoderConfig.causal=True``): training and decoding.
+"""Left-to-right decoding with the shared encoder (``EncoderConfig.causal=True``).
 
-``CausalLMModule`` trains next-token prediction with the tied LM head (the masked-LM head is
-re-used as is: pre-trained weights carry over). ``NeuralLM`` wraps a causal ``MaskedLM`` for
-decoding with a key/value cache; ``generate`` is a batched decoding loop (greedy, or temperature
-and nucleus sampling) over any ``NextTokenModel`` (also the n-gram baseline), with a stop rule,
-a token budget and a wall-clock budget, and "token healing" of the prompt's last token.
+``NeuralLM`` wraps a causal ``MaskedLM`` for decoding with the key/value cache of its own attention
+layers; ``generate`` is a batched decoding loop (greedy, or temperature and nucleus sampling) over
+any ``NextTokenModel`` (also the n-gram baseline), with a stop rule, a token budget and a
+wall-clock budget, and "token healing" of the prompt's last token. Training is
+``fm_core.module.CausalLMModule``; this module imports no Lightning, so a completion CLI starts fast.
 """
 
 from __future__ import annotations
@@ -12,51 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from fm_core.masking import IGNORE
-from fm_core.model import MaskedLM, causal_mask
-from fm_core.module import param_groups
-
-
-class CausalLMModule(L.LightningModule):
-    """Next-token cross-entropy on ``labels`` (already aligned with ``input_ids``; IGNORE = no loss)."""
-
-    def __init__(self, net: MaskedLM, optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Callable[..., Any] | None = None, log_prefix: str = ""):
-        super().__init__()
-        if not net.config.causal:
-            raise ValueError("CausalLMModule needs a causal encoder (EncoderConfig.causal=True)")
-        self.net, self.optimizer_factory, self.scheduler_factory = net, optimizer, scheduler
-        self.prefix = log_prefix
-        self.val_losses: list[tuple[float, int]] = []
-
-    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-        hidden = self.net.encoder(batch["input_ids"])["hidden"]  # (B, L, D)
-        selected = batch["labels"] != IGNORE
-        logits = self.net.mlm_logits(hidden[selected])  # (N, V): the head only where there is a loss
-        return F.cross_entropy(logits.float(), batch["labels"][selected]), int(selected.sum())
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, n = self.loss(batch)
-        self.log(f"{self.prefix}train/loss", loss, prog_bar=True, batch_size=n)
-        return loss
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        loss, n = self.loss(batch)
-        self.log(f"{self.prefix}val/loss", loss, prog_bar=True, batch_size=n)
-
-    def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(param_groups(self.net))
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+from fm_core.model import KVCache, MaskedLM
+from fm_core.padding import pad_batch
 
 
 class NextTokenModel(Protocol):
@@ -81,51 +43,27 @@ class NeuralLM:
         self.vocab_size = net.config.vocab_size
         self.pad_id = net.config.pad_id
 
-    def _layer(self, i: int, x: Tensor, allowed: Tensor, start: int) -> Tensor:
-        layer = self.net.encoder.layers[i]
-        attn = layer.attn
-        B, L, D = x.shape
-        qkv = attn.qkv(layer.attn_norm(x)).view(B, L, 3, attn.num_heads, attn.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, Dh)
-        cos, sin = attn.rotary.cos_sin(start + L, x.device, q.dtype)
-        cos, sin = cos[start:], sin[start:]
-        q = q * cos + attn.rotary.rotate_half(q) * sin
-        k = k * cos + attn.rotary.rotate_half(k) * sin
-        if start:
-            k = torch.cat((self.cache[i][0], k), dim=2)
-            v = torch.cat((self.cache[i][1], v), dim=2)
-        self.cache[i] = (k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        x = x + attn.out_proj(out.transpose(1, 2).reshape(B, L, D))
-        return x + layer.fc2(F.gelu(layer.fc1(layer.mlp_norm(x))))
-
-    def _run(self, tokens: Tensor, allowed: Tensor, start: int) -> Tensor:
+    def _run(self, tokens: Tensor, key_padding_mask: Tensor) -> Tensor:
+        """New tokens (B, L) after the cached ones -> (B, V) scores of the next token. The encoder's
+        own layers run them, each with its cache (``fm_core.model.KVCache``)."""
         enc = self.net.encoder
-        x = enc.embed(tokens, tokens.eq(self.pad_id))
-        for i in range(len(enc.layers)):
-            x = self._layer(i, x, allowed, start)
+        x = enc.embed(tokens, tokens.eq(self.pad_id))  # (B, L, D)
+        for layer, cache in zip(enc.layers, self.cache, strict=True):
+            x, _ = layer(x, key_padding_mask, cache=cache)
         return self.net.mlm_logits(enc.final_norm(x[:, -1]))  # (B, V)
 
     @torch.no_grad()
     def start(self, prompts: list[Sequence[int]]) -> Tensor:
-        width = max(len(p) for p in prompts)
         if min(len(p) for p in prompts) == 0:
             raise ValueError("empty prompt")
-        tokens = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        for row, p in enumerate(prompts):
-            tokens[row, width - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
-        self.key_pad = tokens.eq(self.pad_id)  # (B, L) left padding, kept for every later step
-        self.length = width
-        self.cache: list[tuple[Tensor, Tensor]] = [None] * len(self.net.encoder.layers)  # type: ignore[list-item]
-        return self._run(tokens, causal_mask(width, tokens.device, self.key_pad), 0)
+        tokens = pad_batch([list(p) for p in prompts], self.pad_id, left=True)  # (B, L)
+        self.cache = [KVCache() for _ in self.net.encoder.layers]
+        return self._run(tokens, tokens.eq(self.pad_id))  # left padding: masked keys for every later step
 
     @torch.no_grad()
     def step(self, tokens: Tensor) -> Tensor:
-        self.key_pad = torch.cat((self.key_pad, torch.zeros(len(tokens), 1, dtype=torch.bool)), dim=1)
-        allowed = ~self.key_pad[:, None, None, :]  # (B, 1, 1, L+1): the new token sees every real key
-        logits = self._run(tokens[:, None], allowed, self.length)
-        self.length += 1
-        return logits
+        # one new real token per row: it sees every real key cached before it
+        return self._run(tokens[:, None], torch.zeros(len(tokens), 1, dtype=torch.bool))
 
 
 @dataclass
@@ -198,4 +136,4 @@ def generate(model: NextTokenModel, prompts: list[Sequence[int]], *, max_new_tok
     return GenerationResult(out, stopped, time.perf_counter() - started)
 
 
-__all__ = ["CausalLMModule", "GenerationResult", "NeuralLM", "NextTokenModel", "generate", "top_p_filter"]
+__all__ = ["GenerationResult", "NeuralLM", "NextTokenModel", "generate", "top_p_filter"]
