@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib.resources import files
@@ -108,6 +109,26 @@ def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, warmup: int
         progress(f"round {r + 1}/{warmup + rounds}" + (" (warm-up)" if r < warmup else "") + ": " +
                  ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names if r >= warmup))
     return {**times, **measured}
+
+
+def timed_rounds(variants: dict[str, Callable[[], Any]], rounds: int, width: int = 24
+                 ) -> tuple[dict[str, Any], dict[str, list[float]], dict[str, list[float]]]:
+    """Run each variant ``rounds`` times, interleaved with a rotating order, every round timed
+    (no untimed warm-up: the median of >= 3 rounds absorbs the first). Returns the first output of
+    each variant, and its wall seconds and CPU seconds of this process (``time.process_time``)."""
+    names = list(variants)
+    outputs: dict[str, Any] = {}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:  # rotate who goes first
+            t0, c0 = time.perf_counter(), time.process_time()
+            outputs.setdefault(name, variants[name]())
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+            print(f"round {r + 1}/{rounds} {name:{width}s} {wall[name][-1]:8.2f} s wall {cpu[name][-1]:8.2f} s cpu",
+                  file=sys.stderr, flush=True)
+    return outputs, wall, cpu
 
 
 def median(xs: Sequence[float]) -> float:

@@ -105,7 +105,7 @@ def read_dataset(name: str, ds: dict, data_dir: str, split: str) -> tuple[dict, 
     data = load_dataset(ds, data_dir, split)
     smiles = {s: list(data["smiles"][data["parts"][s]]) for s in SPLITS}
     mols = {s: [Chem.MolFromSmiles(x) for x in smiles[s]] for s in SPLITS}
-    return data, smiles, mols, {s: data["y"][data["parts"][s]] for s in SPLITS}
+    return data, smiles, mols, {s: data["y"][data["parts"][s], 0] for s in SPLITS}  # the first target
 
 
 def save(result: dict, name: str, entry: dict, out: str) -> None:

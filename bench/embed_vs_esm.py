@@ -31,13 +31,14 @@ import json
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import timed_rounds  # noqa: E402
 
 
 def random_esm2(shape: dict, seed: int):
@@ -154,19 +155,8 @@ def main() -> None:
         variants = {k: v for k, v in variants.items() if k in args.variants}
     # warm-up on a few sequences is not enough for oneDNN's per-shape setup, a full untimed pass is
     # too costly on a shared machine: round 1 is timed too (the median of >= 3 rounds absorbs it)
-    outputs: dict[str, dict] = {}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    outputs, times, cpu = timed_rounds(variants, args.rounds)
     names = list(variants)
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate who goes first
-        for name in order:
-            t0, c0 = time.perf_counter(), time.process_time()
-            outputs.setdefault(name, variants[name]())
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-            print(f"round {r + 1}/{args.rounds} {name:24s} {times[name][-1]:8.2f} s wall {cpu[name][-1]:8.2f} s cpu",
-                  file=sys.stderr, flush=True)
 
     reference = outputs["fair-esm"]
     ref_stack = np.stack([reference[i] for i in range(len(records))])

@@ -1,17 +1,11 @@
-"""Protein console entry points (Hydra apps); each only composes its config and calls a plain function."""
+"""``fm-protein-score`` (a Hydra app, config ``protein_score.yaml``). The console command enters
+through ``fm_core.cli.protein_score``, which finds ``bio_fm.scoring.score`` by the
+``fm_toolkit.apps`` entry point, so that ``--help`` and argument errors do not import torch;
+``python -m bio_fm.cli`` runs the same app."""
 
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
-
-
-@hydra.main(version_base="1.3", config_path="pkg://fm_conf", config_name="protein_score")
-def protein_score(cfg: DictConfig) -> None:
-    from bio_fm.scoring import score
-
-    score(cfg)
-
+from fm_core.cli import protein_score
 
 if __name__ == "__main__":
     protein_score()

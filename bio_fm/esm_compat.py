@@ -97,9 +97,10 @@ def _inv_freq_name(i: int) -> str:
 
 
 def esm2_to_ours(state: dict[str, Tensor], num_layers: int, num_heads: int, source: str = "state dict",
-                 require_contact: bool = False) -> dict[str, Tensor]:
+                 require_contact: bool = False, rotary_base: float = _ESM2_FIXED["rotary_base"]
+                 ) -> dict[str, Tensor]:
     """fair-esm ESM2 state dict (prefixes already stripped) -> ours. Checks every key, the tied
-    LM projection and the rotary frequencies; tensors become float32."""
+    LM projection and the rotary frequencies (of ``rotary_base``); tensors become float32."""
     used: set[str] = set()
     out: dict[str, Tensor] = {}
     missing: list[str] = []
@@ -123,7 +124,7 @@ def esm2_to_ours(state: dict[str, Tensor], num_layers: int, num_heads: int, sour
             raise CheckpointError(f"{source}: lm_head.weight differs from embed_tokens.weight; ESM-2 ties "
                                   "them and so does this toolkit (untied LM heads are not supported)")
     head_dim = out["encoder.embed_tokens.weight"].shape[1] // num_heads
-    expected = RotaryEmbedding(head_dim, _ESM2_FIXED["rotary_base"]).inv_freq
+    expected = RotaryEmbedding(head_dim, rotary_base).inv_freq
     for i in range(num_layers):
         name = _inv_freq_name(i)
         if name in state:
@@ -206,11 +207,11 @@ def check_exportable(cfg: EncoderConfig, tokenizer: Tokenizer | None = None) -> 
                          + "; ".join(problems))
 
 
-def check_heads(net: MaskedLM) -> None:
+def check_heads(net: MaskedLM, target: str = "a fair-esm ESM-2 checkpoint") -> None:
     """An ESM-2 file holds the contact head and no other: refuse to drop a head silently."""
     others = sorted(set(net.heads) - {HEAD_NAME})
     if others:
-        raise ValueError(f"heads {others} cannot be written into a fair-esm ESM-2 checkpoint (it holds "
+        raise ValueError(f"heads {others} cannot be written into {target} (it holds "
                          f"only the contact regression, heads[{HEAD_NAME!r}]); save_pretrained keeps them")
 
 
@@ -276,25 +277,42 @@ def _from_loaded(obj: Any, path: Path, regression: dict[str, Tensor] | None) -> 
                           contact_regression=regression is not None)
     except ValueError as err:
         raise CheckpointError(f"{source}: impossible ESM-2 shape ({err})") from err
-    saved = obj.get(CONFIG_KEY)
-    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
-        try:  # written by save_esm2_checkpoint: restore our exact config (name, max_length, extra)
-            mine = EncoderConfig.from_dict(saved["model"])
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{source}: invalid {CONFIG_KEY} entry ({err})") from err
-        if any(getattr(mine, k) != getattr(cfg, k) for k in ("num_layers", "embed_dim", "num_heads", "ffn_dim")):
-            raise CheckpointError(f"{source}: {CONFIG_KEY} disagrees with cfg['model'] about the shape")
-        cfg = mine
+    cfg = restore_config(obj.get(CONFIG_KEY), cfg, f"{source}: {CONFIG_KEY}")
     ours = esm2_to_ours(state, num_layers, num_heads, source=source, require_contact=regression is not None)
-    vocab = ours["encoder.embed_tokens.weight"].shape[0]
-    if vocab != cfg.vocab_size:
-        raise CheckpointError(f"{source}: vocabulary of {vocab} tokens; ESM-2 uses the 33-token ESM-1b alphabet")
-    head = ContactHead.for_config(cfg)  # unfitted (zero) unless the regression file gives its weights
-    for name, value in head.state_dict().items():
-        ours.setdefault(f"heads.{HEAD_NAME}.{name}", value)
     if regression is None:
         log.warning("%s: no %s beside it: contact predictions will be meaningless (0.5 everywhere)",
                     source, regression_path(path).name)
+    return esm2_checkpoint(cfg, ours, path)
+
+
+# fields a file states itself: our saved config must agree with them
+_STATED = ("num_layers", "embed_dim", "num_heads", "ffn_dim", "vocab_size", "token_dropout")
+
+
+def restore_config(saved: Any, cfg: EncoderConfig, source: str) -> EncoderConfig:
+    """Our exact config (name, max_length, extra...) kept beside the weights on export, when it
+    agrees with what the file states (``cfg``); ``cfg`` when nothing was kept."""
+    if not (isinstance(saved, dict) and isinstance(saved.get("model"), dict)):
+        return cfg
+    try:
+        mine = EncoderConfig.from_dict(saved["model"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: invalid entry ({err})") from err
+    differ = [f"{k}={getattr(mine, k)} (file: {getattr(cfg, k)})" for k in _STATED if getattr(mine, k) != getattr(cfg, k)]
+    if differ:
+        raise CheckpointError(f"{source}: disagrees with the file's own configuration: {', '.join(differ)}")
+    return mine
+
+
+def esm2_checkpoint(cfg: EncoderConfig, ours: dict[str, Tensor], path: Path) -> Checkpoint:
+    """The ``Checkpoint`` of ESM-2 weights in our names: the ESM-1b alphabet, the contact head
+    (unfitted, zero, when the weights have none)."""
+    vocab = ours["encoder.embed_tokens.weight"].shape[0]
+    if vocab != cfg.vocab_size:
+        raise CheckpointError(f"{path}: vocabulary of {vocab} tokens; ESM-2 uses the 33-token ESM-1b alphabet")
+    head = ContactHead.for_config(cfg)
+    for name, value in head.state_dict().items():
+        ours.setdefault(f"heads.{HEAD_NAME}.{name}", value)
     heads = {HEAD_NAME: {"kind": head.kind, "args": head.to_dict()}}
     return Checkpoint(cfg, ProteinAlphabet(), ours, heads, path)
 

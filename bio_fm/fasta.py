@@ -11,6 +11,7 @@ from typing import Literal
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from fm_core.data import ReadStats, SequenceDataset
+from fm_core.errors import InputFileError
 from fm_core.textio import gunzipped, open_text, text_stream
 from fm_core.tokenizer import InvalidRecordError, Tokenizer
 
@@ -45,7 +46,7 @@ def _parse(handle: io.TextIOBase, path: str | Path) -> Iterator[tuple[str, str]]
     try:
         yield from SimpleFastaParser(_checked_lines(handle))
     except (ValueError, EOFError, OSError) as err:  # malformed layout, truncated gzip
-        raise ValueError(f"file {path}: cannot parse FASTA: {err}") from err
+        raise InputFileError(f"file {path}: cannot parse FASTA: {err}") from err
 
 
 def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:

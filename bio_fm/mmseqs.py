@@ -85,6 +85,36 @@ def mmseqs_search(query: Path, target: Path, work: Path, *, min_identity: float 
     return out
 
 
+ALIGNMENT_COLUMNS = "query,target,fident,qstart,qend,qaln,taln"
+
+
+def mmseqs_align(query: Path, target: Path, work: Path, *, sensitivity: float, max_seqs: int, evalue: float,
+                 threads: int | None) -> list[tuple[str, str, float, int, str, str]]:
+    """Alignments of ``query`` against ``target`` (FASTA or MMseqs2 database): one row per hit,
+    ``(query id, target id, identity in [0, 1], qstart (1-based), aligned query, aligned target)``,
+    each query's hits best first, as ``bio_fm.profiles.query_anchored`` takes them."""
+    hits = work / "alignments.m8"
+    if query.stat().st_size == 0:
+        return []
+    mmseqs("easy-search", str(query), str(target), str(hits), str(work / "tmp"), "-s", str(sensitivity),
+           "--max-seqs", str(max_seqs), "-e", str(evalue), "--format-output", ALIGNMENT_COLUMNS, threads=threads)
+    shutil.rmtree(work / "tmp", ignore_errors=True)
+    return read_alignments(hits)
+
+
+def read_alignments(path: Path) -> list[tuple[str, str, float, int, str, str]]:
+    """An ``ALIGNMENT_COLUMNS`` TSV (``convertalis`` output) -> rows for ``mmseqs_align``."""
+    out = []
+    with open(path) as fh:
+        for k, line in enumerate(fh, 1):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 7:
+                raise ValueError(f"{path}:{k}: expected the 7 columns {ALIGNMENT_COLUMNS}, got {len(parts)}")
+            q, t, ident, qstart, _, qaln, taln = parts
+            out.append((q, t, float(ident), int(qstart), qaln, taln))
+    return out
+
+
 def read_clusters(tsv: Path, n: int) -> tuple[Any, int]:
     """``representative<TAB>member`` with integer keys 0..n-1 -> (cluster index per key, count).
     Cluster indices are numbered by their smallest member key, so they do not depend on which
@@ -109,4 +139,4 @@ def read_clusters(tsv: Path, n: int) -> tuple[Any, int]:
     return dense[rep_of], len(reps_sorted)
 
 
-__all__ = ["mmseqs", "mmseqs_binary", "mmseqs_cluster", "mmseqs_search", "mmseqs_version", "read_clusters"]
+__all__ = ["ALIGNMENT_COLUMNS", "mmseqs", "mmseqs_align", "mmseqs_binary", "mmseqs_cluster", "mmseqs_search", "mmseqs_version", "read_alignments", "read_clusters"]

@@ -25,7 +25,9 @@ import torch
 from bio_fm.alphabet import STANDARD
 from fm_core.data import ReadStats
 from fm_core.embed import DTYPES, HashedIdSet, peak_rss_mb, validated_chunks
+from fm_core.locks import DirectoryLock
 from fm_core.scoring import MaskedMarginals, pseudo_log_likelihood
+from fm_core.summary import REJECTED_FILE, print_summary, write_rejected
 
 log = logging.getLogger(__name__)
 _MUTATION = re.compile(r"^([A-Za-z])(-?\d+)([A-Za-z])$")
@@ -89,9 +91,9 @@ def read_mutations(path: Path, mutant_column: str, id_column: str | None) -> tup
     return fields, rows
 
 
-def _stream_records(stream, tokenizer, source, on_invalid, stats):
+def _stream_records(stream, tokenizer, source, on_invalid, stats, rejections):
     for chunk, _ in validated_chunks(stream, tokenizer, source, stats, HashedIdSet(), on_invalid=on_invalid,
-                                     chunk_records=256, chunk_residues=100_000):
+                                     chunk_records=256, chunk_residues=100_000, rejections=rejections):
         yield from chunk
 
 
@@ -178,7 +180,13 @@ def _load_marginals(cfg: Any) -> tuple[Any, Any, MaskedMarginals]:
 
 def score(cfg: Any) -> dict[str, Any]:
     """The ``fm-protein-score`` job (Hydra config ``protein_score.yaml``): ``pppl.csv``,
-    ``variants.csv`` (with ``mutations=``), ``scan.csv`` (with ``scan=true``), ``metrics.json``."""
+    ``variants.csv`` (with ``mutations=``), ``scan.csv`` (with ``scan=true``), ``rejected.tsv``,
+    ``metrics.json``; ``out`` is locked for the job (a second run into it fails at once)."""
+    with DirectoryLock(cfg.out, what="fm-protein-score output"):
+        return _score(cfg)
+
+
+def _score(cfg: Any) -> dict[str, Any]:
     from hydra.utils import instantiate
     from tqdm.auto import tqdm
 
@@ -197,10 +205,10 @@ def score(cfg: Any) -> dict[str, Any]:
     need_all = cfg.pppl or cfg.scan
     tables = _Tables(out, pppl=cfg.pppl, scan=cfg.scan, offset=cfg.offset)
     started = time.perf_counter()
-    n_seq, residues, seen_ids = 0, 0, set()
+    n_seq, residues, seen_ids, rejections = 0, 0, set(), []
     bar = tqdm(unit="seq", desc="fm-protein-score", disable=not cfg.progress)
     try:
-        for rid, ids in _stream_records(stream, alphabet, source, cfg.on_invalid, stats):
+        for rid, ids in _stream_records(stream, alphabet, source, cfg.on_invalid, stats, rejections):
             mutants = _mutants_of(rid, by_record, seen_ids, cfg)
             seen_ids.add(rid)
             if not need_all and not mutants:
@@ -231,4 +239,5 @@ def score(cfg: Any) -> dict[str, Any]:
         metrics["score/mean_pseudo_perplexity"] = float(np.mean(tables.ppl_values))
         metrics["score/median_pseudo_perplexity"] = float(np.median(tables.ppl_values))
     write_metrics(out, metrics)
+    print_summary("fm-protein-score", stats.read, stats.kept, stats.rejected, write_rejected(out / REJECTED_FILE, rejections))
     return metrics

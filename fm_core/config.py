@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from fm_core.errors import UserError
+
 # name -> shape and context length (tokens per sequence, specials included), kept together as
 # litgpt keeps ``block_size`` with each config: a size means the same model in every app.
 # ESM-2 shapes follow the fair-esm model cards (esm2_t6_8M_UR50D ... esm2_t48_15B).
@@ -26,7 +28,7 @@ SIZES: dict[str, dict[str, int]] = {
 SHAPE_FIELDS = ("num_layers", "embed_dim", "num_heads", "ffn_dim", "vocab_size")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot describe a valid model."""
 
 

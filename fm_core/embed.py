@@ -35,8 +35,10 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from fm_core.data import ReadStats, TokenBudgetBatchSampler
+from fm_core.locks import DirectoryLock
 from fm_core.model import MaskedLM
 from fm_core.padding import pad_batch
+from fm_core.summary import REJECTED_FILE, REJECTED_HEADER, print_summary, rejected_counts, rejected_rows
 from fm_core.tokenizer import InvalidRecordError, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -187,13 +189,15 @@ class HashedIdSet:
 def validated_chunks(stream: Iterable[tuple[str, str]], tokenizer: Tokenizer, source: str, stats: ReadStats,
                      seen: HashedIdSet, *, on_invalid: str = "error", skip: int = 0,
                      chunk_records: int = 4096, chunk_residues: int = 1_000_000,
+                     rejections: list[tuple[str, str, str]] | None = None,
                      ) -> Iterator[tuple[list[tuple[str, np.ndarray]], int]]:
     """Chunks of valid (id, token ids) and the number of input records consumed so far.
 
     The first ``skip`` records (already committed by an earlier run) are only re-registered as
     seen ids. A record is rejected for an unknown residue (``invalid``), no residue (``empty``),
     no id (``no_id``) or an id seen before (``duplicate_id``): an error naming the file, record
-    and reason (``on_invalid="error"``), or skipped and counted in ``stats`` (``"skip"``).
+    and reason (``on_invalid="error"``), or skipped and counted in ``stats`` (``"skip"``; then
+    (record, reason, message) is appended to ``rejections`` when given).
     """
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
@@ -204,6 +208,8 @@ def validated_chunks(stream: Iterable[tuple[str, str]], tokenizer: Tokenizer, so
         if on_invalid == "error":
             raise err
         stats.reject(reason, str(err))
+        if rejections is not None:
+            rejections.append((err.record or "", reason, err.reason))
 
     for rid, text in stream:
         consumed += 1
@@ -237,12 +243,13 @@ def validated_chunks(stream: Iterable[tuple[str, str]], tokenizer: Tokenizer, so
 
 
 class ShardStore:
-    """``out_dir``: ``shards/shard-NNNNN.safetensors``, ``index.tsv``, ``progress.json``, ``manifest.json``.
+    """``out_dir``: ``shards/shard-NNNNN.safetensors``, ``index.tsv``, ``rejected.tsv``, ``progress.json``,
+    ``manifest.json``.
 
     A shard holds ``mean.layer{L}`` (N, D), ``lengths`` (N,), and with per-residue output
     ``residues.layer{L}`` (sum of lengths, D) with ``offsets`` (N+1,): rows of record i are
     ``offsets[i]:offsets[i+1]``. ``index.tsv`` maps id -> shard, row. Commit order: shard file
-    (atomic rename), index rows (fsync), then ``progress.json`` (atomic): whatever a crash leaves
+    (atomic rename), index and rejected rows (fsync), then ``progress.json`` (atomic): whatever a crash leaves
     beyond the last ``progress.json`` is discarded on resume.
     """
 
@@ -251,6 +258,7 @@ class ShardStore:
         self.shard_dir = self.dir / "shards"
         self.index_path = self.dir / "index.tsv"
         self.progress_path = self.dir / "progress.json"
+        self.rejected_path = self.dir / REJECTED_FILE
         self.signature = signature
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         state = None
@@ -269,11 +277,15 @@ class ShardStore:
                 old.unlink()
             self.index_path.write_text("id\tshard\trow\tlength\twindows\n")
             state["index_bytes"] = self.index_path.stat().st_size
+        if state.get("rejected_bytes") is None or not self.rejected_path.is_file():
+            self.rejected_path.write_text(REJECTED_HEADER, encoding="utf-8")
+            state["rejected_bytes"] = self.rejected_path.stat().st_size
         self.state = state
         self.resumed = state["shards"] > 0 or state["consumed"] > 0
         # discard what a crash left after the last commit
-        with open(self.index_path, "r+b") as fh:
-            fh.truncate(state["index_bytes"])
+        for path, size in ((self.index_path, state["index_bytes"]), (self.rejected_path, state["rejected_bytes"])):
+            with open(path, "r+b") as fh:
+                fh.truncate(size)
         for path in self.shard_dir.glob("shard-*"):
             if path.name.endswith(".tmp") or int(path.name.split("-")[1].split(".")[0]) >= state["shards"]:
                 path.unlink()
@@ -282,8 +294,14 @@ class ShardStore:
         return f"shard-{k:05d}.safetensors"
 
     def commit(self, results: list[Embedded], consumed: int, stats: ReadStats, layers: list[int],
-               out_dtype: np.dtype, seconds: float) -> None:
+               out_dtype: np.dtype, seconds: float, rejections: list[tuple[str, str, str]] | None = None) -> None:
         k = self.state["shards"]
+        if rejections:
+            with open(self.rejected_path, "a", encoding="utf-8") as fh:
+                fh.write(rejected_rows(rejections))
+                fh.flush()
+                os.fsync(fh.fileno())
+            rejections.clear()
         if results:
             arrays: dict[str, np.ndarray] = {"lengths": np.array([e.length for e in results], dtype=np.int64)}
             for layer in layers:
@@ -304,6 +322,7 @@ class ShardStore:
             self.state["shards"] = k + 1
         self.state.update(
             consumed=consumed, index_bytes=self.index_path.stat().st_size,
+            rejected_bytes=self.rejected_path.stat().st_size,
             embedded=self.state["embedded"] + len(results),
             residues=self.state["residues"] + sum(e.length for e in results),
             windowed=self.state["windowed"] + sum(e.windows > 1 for e in results),
@@ -385,49 +404,61 @@ def run_embedding(stream: Any, source: str, net: MaskedLM, tokenizer: Tokenizer,
     sig = {**(signature or {}), "layers": embedder.layers, "per_residue": per_residue,
            "max_length": embedder.max_length, "window_overlap": embedder.overlap, "precision": precision,
            "out_dtype": out_dtype, "on_invalid": on_invalid}
-    store = ShardStore(out_dir, sig, overwrite=overwrite)
-    bound_heap_fragmentation()
-    out_dir = Path(out_dir)
-    _write_manifest(out_dir, embedder, net, sig, per_residue=per_residue, out_dtype=out_dtype)
-    stats = ReadStats(source)
-    stats.read = store.state["read"]
-    stats.kept = store.state["embedded"]
-    stats.rejected.update(store.state["rejected"])
-    new_shards, started, finished = 0, time.perf_counter(), store.state["finished"]
-    total = getattr(stream, "total_bytes", None)
-    bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress or finished,
-               desc=f"fm-embed {Path(source).name}")
-    residues_done = [0]
+    with DirectoryLock(out_dir, what="fm-embed output"):  # one writer: a second run fails at once
+        store = ShardStore(out_dir, sig, overwrite=overwrite)
+        bound_heap_fragmentation()
+        out_dir = Path(out_dir)
+        _write_manifest(out_dir, embedder, net, sig, per_residue=per_residue, out_dtype=out_dtype)
+        stats = ReadStats(source)
+        stats.read = store.state["read"]
+        stats.kept = store.state["embedded"]
+        stats.rejected.update(store.state["rejected"])
+        new_shards, started, finished = 0, time.perf_counter(), store.state["finished"]
+        total = getattr(stream, "total_bytes", None)
+        bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress or finished,
+                   desc=f"fm-embed {Path(source).name}")
+        residues_done = [0]
 
-    def on_batch(n: int) -> None:
-        residues_done[0] += n
-        if total is not None:
-            bar.update(max(0, getattr(stream, "position", 0) - bar.n))
-        bar.set_postfix(seqs=stats.kept, residues=residues_done[0], refresh=False)
+        def on_batch(n: int) -> None:
+            residues_done[0] += n
+            if total is not None:
+                bar.update(max(0, getattr(stream, "position", 0) - bar.n))
+            bar.set_postfix(seqs=stats.kept, residues=residues_done[0], refresh=False)
 
-    if not finished:
-        if store.resumed:
-            log.info("%s: resuming after %d records (%d shards)", out_dir, store.state["consumed"], store.state["shards"])
-        seen = HashedIdSet()
-        chunks = validated_chunks(stream, tokenizer, source, stats, seen, on_invalid=on_invalid,
-                                  skip=store.state["consumed"], chunk_records=chunk_records,
-                                  chunk_residues=chunk_residues)
-        done = True
-        for chunk, consumed in chunks:
-            t0 = time.perf_counter()
-            results = embedder.embed(chunk, on_batch=on_batch)
-            store.commit(results, consumed, stats, embedder.layers, np.dtype(out_dtype), time.perf_counter() - t0)
-            new_shards += bool(results)
-            del results
-            bound_heap_fragmentation()
-            if max_shards is not None and new_shards >= max_shards:
-                done = False  # a rerun continues (and finds the end if this was the last chunk)
-                break
-        if done:
-            store.finish()
-    bar.close()
-    stats.check()
-    return _metrics(store, stats, time.perf_counter() - started)
+        if not finished:
+            if store.resumed:
+                log.info("%s: resuming after %d records (%d shards)", out_dir, store.state["consumed"], store.state["shards"])
+            seen, rejections = HashedIdSet(), []
+            chunks = validated_chunks(stream, tokenizer, source, stats, seen, on_invalid=on_invalid,
+                                      skip=store.state["consumed"], chunk_records=chunk_records,
+                                      chunk_residues=chunk_residues, rejections=rejections)
+            done = True
+            for chunk, consumed in chunks:
+                t0 = time.perf_counter()
+                results = embedder.embed(chunk, on_batch=on_batch)
+                store.commit(results, consumed, stats, embedder.layers, np.dtype(out_dtype), time.perf_counter() - t0,
+                             rejections)
+                new_shards += bool(results)
+                del results
+                bound_heap_fragmentation()
+                if max_shards is not None and new_shards >= max_shards:
+                    done = False  # a rerun continues (and finds the end if this was the last chunk)
+                    break
+            if done:
+                store.finish()
+        bar.close()
+        stats.check()
+        return _metrics(store, stats, time.perf_counter() - started)
+
+
+def model_fingerprint(net: torch.nn.Module) -> str:
+    """A hash of the weights (rounded to bfloat16, so a float32 and a bfloat16 run of one model
+    agree): the identity ``fm_core.index`` uses to refuse vectors of another model."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return "weights:" + digest.hexdigest()
 
 
 def _write_manifest(out_dir: Path, embedder: Embedder, net: MaskedLM, sig: dict[str, Any], *,
@@ -438,7 +469,7 @@ def _write_manifest(out_dir: Path, embedder: Embedder, net: MaskedLM, sig: dict[
                 "index": "index.tsv (id, shard, row, length, windows)", "shards": "shards/shard-NNNNN.safetensors",
                 "arrays": {"mean.layer{L}": "(N, D)", "lengths": "(N,)",
                            **({"residues.layer{L}": "(sum lengths, D)", "offsets": "(N+1,)"} if per_residue else {})},
-                "model": net.config.to_dict(), "signature": sig}
+                "model": net.config.to_dict(), "model_fingerprint": model_fingerprint(net), "signature": sig}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
@@ -472,20 +503,23 @@ def embed(cfg: Any) -> dict[str, Any]:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     out = Path(cfg.out)
-    net, tokenizer = load_pretrained(cfg.checkpoint)
-    stream = instantiate(cfg.reader)(cfg.input)
-    source = Path(cfg.input)
-    stat = source.stat()
-    signature = {"input": str(source.resolve()), "input_bytes": stat.st_size, "input_mtime": int(stat.st_mtime),
-                 "checkpoint": str(Path(cfg.checkpoint).resolve())}
-    metrics = run_embedding(
-        stream, str(source), net, tokenizer, out, layers=list(cfg.layers), per_residue=cfg.per_residue,
-        on_invalid=cfg.on_invalid, max_tokens=cfg.max_tokens, max_length=cfg.max_length,
-        window_overlap=cfg.window_overlap, precision=cfg.precision, out_dtype=cfg.out_dtype,
-        max_batch_size=cfg.max_batch_size, chunk_records=cfg.chunk_records, chunk_residues=cfg.chunk_residues,
-        max_shards=cfg.max_shards, overwrite=cfg.overwrite, progress=cfg.progress, signature=signature)
-    metrics["model/name"] = net.config.name
-    write_metrics(out, metrics)
-    print(f"embeddings: {out / 'manifest.json'} ({metrics['embed/sequences']} sequences, "
-          f"{metrics['embed/shards']} shards, finished={metrics['embed/finished']})")
+    with DirectoryLock(out, what="fm-embed output"):  # before the model loads: a second run fails at once
+        net, tokenizer = load_pretrained(cfg.checkpoint)
+        stream = instantiate(cfg.reader)(cfg.input)
+        source = Path(cfg.input)
+        stat = source.stat()
+        signature = {"input": str(source.resolve()), "input_bytes": stat.st_size, "input_mtime": int(stat.st_mtime),
+                     "checkpoint": str(Path(cfg.checkpoint).resolve())}
+        metrics = run_embedding(
+            stream, str(source), net, tokenizer, out, layers=list(cfg.layers), per_residue=cfg.per_residue,
+            on_invalid=cfg.on_invalid, max_tokens=cfg.max_tokens, max_length=cfg.max_length,
+            window_overlap=cfg.window_overlap, precision=cfg.precision, out_dtype=cfg.out_dtype,
+            max_batch_size=cfg.max_batch_size, chunk_records=cfg.chunk_records, chunk_residues=cfg.chunk_residues,
+            max_shards=cfg.max_shards, overwrite=cfg.overwrite, progress=cfg.progress, signature=signature)
+        metrics["model/name"] = net.config.name
+        write_metrics(out, metrics)
+        print(f"embeddings: {out / 'manifest.json'} ({metrics['embed/sequences']} sequences, "
+              f"{metrics['embed/shards']} shards, finished={metrics['embed/finished']})")
+        print_summary("fm-embed", metrics["data/records_read"], metrics["data/records_kept"],
+                      rejected_counts(metrics, "data/records_rejected_"), out / REJECTED_FILE)
     return metrics

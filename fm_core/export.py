@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fm_core.adapters import ADAPTER_DIR, adapter_spec, fold, merged_state_dict, save_adapter
 from fm_core.checkpoint import CheckpointError, atomic_write_bytes, safe_torch_load
 from fm_core.config import SHAPE_FIELDS, SIZES, ConfigError, EncoderConfig
 from fm_core.model import MaskedLM
@@ -40,13 +42,17 @@ class ForeignFormat:
     ``accepts(obj)`` looks at what ``torch.load(weights_only=True)`` returned; ``load(obj, path)``
     returns the ``Checkpoint`` it holds (config, tokenizer, weights in our names, heads), no model
     built, or raises ``CheckpointError``. ``safe_globals`` lists the only non-tensor classes its
-    files may hold (allowed for that load only).
+    files may hold (allowed for that load only). A format of directories instead recognises one by
+    its ``config.json`` (``accepts_directory(config)``, the parsed JSON) and reads it with
+    ``load_directory(directory, config)``; directories are never recognised by name.
     """
 
     name: str
     accepts: Callable[[Any], bool]
     load: Callable[[Any, Path], Checkpoint]
     safe_globals: tuple[Any, ...] = ()
+    accepts_directory: Callable[[dict[str, Any]], bool] | None = None
+    load_directory: Callable[[Path, dict[str, Any]], Checkpoint] | None = None
 
 
 def register_format(fmt: ForeignFormat) -> ForeignFormat:
@@ -54,32 +60,84 @@ def register_format(fmt: ForeignFormat) -> ForeignFormat:
 
 
 def describe(net: MaskedLM, tokenizer: Tokenizer | None) -> dict[str, Any]:
-    """What rebuilds ``net`` beside its weights: config, tokenizer and heads (kind + arguments)."""
-    return {"model": net.config.to_dict(), "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+    """What rebuilds ``net`` beside its weights: config, tokenizer and heads (kind + arguments), and
+    its adapter (``fm_core.adapters``) when it has one."""
+    spec = {"model": net.config.to_dict(), "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
             "heads": net.head_specs()}
+    adapter = adapter_spec(net)
+    return spec if adapter is None else {**spec, "adapter": adapter}
 
 
 def save_pretrained(directory: str | Path, net: MaskedLM, tokenizer: Tokenizer,
                     metadata: dict[str, Any] | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    # an adapted model is exported merged (a plain model), its adapter alone beside it
+    state = {k: v.detach().cpu().contiguous() for k, v in merged_state_dict(net).items()}
     tmp = directory / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "fm_format": FORMAT})
     os.replace(tmp, directory / WEIGHTS_NAME)
     spec = {"format": FORMAT, **describe(net, tokenizer), "metadata": metadata or {}}
+    adapter = spec.pop("adapter", None)
+    if adapter is not None:
+        save_adapter(directory / ADAPTER_DIR, net)
+        spec["metadata"] = {**spec["metadata"], "merged_adapter": adapter}
     atomic_write_bytes(directory / CONFIG_NAME, json.dumps(spec, indent=2, sort_keys=True).encode())
     return directory
 
 
-def _read_spec(path: Path) -> dict[str, Any]:
+def provenance(cfg: Any) -> dict[str, Any]:
+    """What an export's metadata records of the run that made it (model cards show it): the data
+    files of ``cfg.data`` and the command line (the tool and its Hydra overrides), when known."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    def paths(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("path", "paths", "dir", "directory") and isinstance(value, str | list):
+                    yield from ([value] if isinstance(value, str) else map(str, value))
+                else:
+                    yield from paths(value)
+
+    try:
+        data = list(paths(OmegaConf.to_container(cfg.data, resolve=True)))
+    except Exception:  # noqa: BLE001 - provenance is best effort: an unresolvable node records nothing
+        data = []
+    out: dict[str, Any] = {"data": ", ".join(data)} if data else {}
+    if HydraConfig.initialized():
+        out["command"] = " ".join([Path(sys.argv[0]).name, *HydraConfig.get().overrides.task])
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file: {path.parent} is not a model directory "
+                              f"(an export holds {CONFIG_NAME} and {WEIGHTS_NAME})")
     try:
         spec = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: unreadable config ({err})") from err
-    if spec.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format {spec.get('format')!r} is not {FORMAT!r}")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{path}: unreadable config (a JSON object was expected)")
     return spec
+
+
+def _read_directory(directory: Path) -> Checkpoint:
+    """Our export, or a directory a registered format recognises by its config.json's content."""
+    spec = _read_json(directory / CONFIG_NAME)
+    if spec.get("format") != FORMAT:
+        fmt = FORMATS.first(lambda f: f.accepts_directory is not None and f.accepts_directory(spec))
+        if fmt is not None:
+            return fmt.load_directory(directory, spec)
+        known = [f.name for f in FORMATS.values() if f.accepts_directory is not None]
+        raise CheckpointError(f"{directory / CONFIG_NAME}: format {spec.get('format')!r} is not {FORMAT!r} and no "
+                              f"known directory format recognises it (known: {', '.join([FORMAT, *known])})")
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME))
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{directory / WEIGHTS_NAME}: unreadable weights ({err})") from err
+    return _read(spec, state, directory)
 
 
 def upgrade_legacy_weights(state: dict[str, torch.Tensor], net: MaskedLM, tokenizer: Tokenizer,
@@ -166,8 +224,9 @@ def _read_torch_file(path: Path) -> Any:
 
 
 def load_pretrained(path: str | Path) -> tuple[MaskedLM, Tokenizer]:
-    """An export directory (or its config.json), a Lightning ``.ckpt`` of ``fm-pretrain``, or a
-    file of a registered foreign format (e.g. a fair-esm ESM-2 ``.pt``)."""
+    """An export directory (or its config.json), a Lightning ``.ckpt`` of ``fm-pretrain``, a file
+    of a registered foreign format (e.g. a fair-esm ESM-2 ``.pt``) or a directory one recognises
+    (e.g. a Hugging Face ESM directory)."""
     ckpt = read_checkpoint(path)
     return build(ckpt), ckpt.tokenizer
 
@@ -176,18 +235,16 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     """(config, tokenizer, weights, heads) of a checkpoint that ``load_pretrained`` reads, no model built."""
     path = Path(path)
     if path.is_dir() or path.name == CONFIG_NAME:
-        directory = path if path.is_dir() else path.parent
-        spec = _read_spec(directory / CONFIG_NAME)
-        try:
-            state = load_file(str(directory / WEIGHTS_NAME))
-        except (OSError, SafetensorError) as err:
-            raise CheckpointError(f"{directory / WEIGHTS_NAME}: unreadable weights ({err})") from err
-        return _read(spec, state, directory)
+        return _read_directory(path if path.is_dir() else path.parent)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint: no file or directory there (an export directory, "
+                              "an fm-pretrain .ckpt, or a file or directory of a registered format)")
     ckpt = _read_torch_file(path)
     meta = ckpt.get("fm_toolkit") if isinstance(ckpt, dict) else None
     if meta:
         state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        return _read({"format": FORMAT, **meta}, state, path)
+        # a checkpoint of an adapted model: the adapter is folded in (the merged, plain model)
+        return _read({"format": FORMAT, **meta}, fold(state, meta.get("adapter"), path), path)
     fmt = FORMATS.first(lambda f: f.accepts(ckpt))
     if fmt is not None:
         return fmt.load(ckpt, path)

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from fm_core.model import MaskedLM
 from fm_core.plots import log_image, save_figure
 from fm_core.tokenizer import Tokenizer
-from fm_core.train import instantiate_group, write_metrics
+from fm_core.train import instantiate_group, run_dir_lock, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +63,36 @@ class FinetuneRun:
         """The encoder to adapt, built once from the ``model`` group (as fm-pretrain builds it):
         loaded from ``model.init_from`` (its tokenizer must be ``tokenizer``), or randomly
         initialised at ``model.size``. ``overrides`` are the task's EncoderConfig fields
-        (e.g. ``causal=True, max_length=...``)."""
+        (e.g. ``causal=True, max_length=...``). With ``model.adapter`` (``adapter=lora``) the
+        adapter is injected and only its weights train (``fm_core.adapters``)."""
         model = self.cfg.get("model")
         if model is None or (OmegaConf.is_missing(model, "init_from") and model.get("size") is None):
             raise ValueError("fm-finetune: give model.init_from=<checkpoint> or a random-init size "
                              "(model=mini, model=tiny...) to build a backbone")
-        return instantiate(model, tokenizer=tokenizer, **overrides)
+        model = model.copy()
+        with open_dict(model):
+            model.pop("adapter", None)
+        return self.with_adapter(instantiate(model, tokenizer=tokenizer, **overrides))
 
     def random_backbone(self, like: MaskedLM, tokenizer: Tokenizer, seed: int | None = None) -> MaskedLM:
-        """A randomly initialised encoder with ``like``'s exact shape (the random-init baseline)."""
+        """A randomly initialised encoder with ``like``'s exact shape (the random-init baseline),
+        with the same adapter as the backbone when ``model.adapter`` is set (the same recipe)."""
         with torch.random.fork_rng():
             torch.manual_seed(self.seed if seed is None else seed)
-            return MaskedLM(like.config.__class__.from_dict(like.config.to_dict()))
+            return self.with_adapter(MaskedLM(like.config.__class__.from_dict(like.config.to_dict())))
+
+    def with_adapter(self, net: MaskedLM) -> MaskedLM:
+        """``net`` with ``model.adapter`` injected (in place; e.g. ``fm_core.adapters.LoraAdapter``),
+        or unchanged when there is none."""
+        model = self.cfg.get("model")
+        node = None if model is None else model.get("adapter")
+        if node is None:
+            return net
+        adapter = instantiate(node)
+        adapter.apply(net)
+        log.info("adapter %s: %d trainable of %d weights", adapter.to_dict(),
+                 sum(p.numel() for p in net.parameters() if p.requires_grad), sum(p.numel() for p in net.parameters()))
+        return net
 
     def trainer(self, callbacks: list[Any] | None = None, **overrides: Any) -> L.Trainer:
         """A Lightning trainer from the ``trainer`` group, with the run's loggers and the task's
@@ -95,7 +113,13 @@ class FinetuneRun:
 
 
 def finetune(cfg: DictConfig) -> dict[str, Any]:
+    """Run ``cfg.task`` in ``paths.run_dir``, holding the directory's lock throughout."""
     run_dir = Path(cfg.paths.run_dir)
+    with run_dir_lock(run_dir, "fm-finetune run"):
+        return _finetune(cfg, run_dir)
+
+
+def _finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))

@@ -4,6 +4,7 @@ over). The backbone is injected (``net``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,7 +55,12 @@ class MLMModule(L.LightningModule):
         self.val_ppl = Perplexity(ignore_index=IGNORE)
         self.val_unigram_ppl = Perplexity(ignore_index=IGNORE)
         self.val_acc = MulticlassAccuracy(num_classes=v, average="micro", ignore_index=IGNORE)
-        self.tokens_seen = 0  # real (non-padding) tokens trained on
+        self.tokens_seen = 0  # real (non-padding) tokens trained on, over every leg of the run
+        self.seconds_before = 0.0  # wall time of the earlier legs (a resumed run), from the checkpoint
+        self.legs_before = 0
+        self.resumed_step: int | None = None  # the global step of the checkpoint this leg resumed from
+        self._leg_started: float | None = None
+        self._leg_seconds = 0.0
 
     def masked_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Logits and labels at the selected positions only: the LM head never runs elsewhere."""
@@ -93,12 +99,36 @@ class MLMModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         return optimizers(self.net, self.optimizer_factory, self.scheduler_factory)
 
+    def on_fit_start(self) -> None:
+        self._leg_started = time.perf_counter()
+
+    def on_fit_end(self) -> None:
+        self._leg_seconds = self.train_seconds - self.seconds_before
+        self._leg_started = None
+
+    @property
+    def train_seconds(self) -> float:
+        """Wall time of ``fit`` over every leg of the run: the earlier legs' (up to the checkpoint
+        this leg resumed from: work redone after a crash counts once) plus this leg's."""
+        leg = self._leg_seconds if self._leg_started is None else time.perf_counter() - self._leg_started
+        return self.seconds_before + leg
+
+    @property
+    def legs(self) -> int:
+        return self.legs_before + 1
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # self-describing Lightning checkpoints: enough to rebuild net and tokenizer without Hydra
-        checkpoint["fm_toolkit"] = {**describe(self.net, self.tokenizer), "tokens_seen": self.tokens_seen}
+        # self-describing Lightning checkpoints: enough to rebuild net and tokenizer without Hydra;
+        # plus the run's totals so far, so that a resumed run reports all of its legs
+        checkpoint["fm_toolkit"] = {**describe(self.net, self.tokenizer), "tokens_seen": self.tokens_seen,
+                                    "train_seconds": self.train_seconds, "legs": self.legs}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.tokens_seen = int(checkpoint.get("fm_toolkit", {}).get("tokens_seen", 0))
+        saved = checkpoint.get("fm_toolkit", {})
+        self.tokens_seen = int(saved.get("tokens_seen", 0))
+        self.seconds_before = float(saved.get("train_seconds", 0.0))
+        self.legs_before = int(saved.get("legs", 0))
+        self.resumed_step = int(checkpoint.get("global_step", 0))
 
 
 class CausalLMModule(L.LightningModule):

@@ -15,13 +15,15 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from fm_core.errors import UserError
+
 log = logging.getLogger(__name__)
 PLUGIN_GROUP = "fm_toolkit.plugins"
 T = TypeVar("T")
 _loaded_plugins: set[str] = set()
 
 
-class UnknownKindError(ValueError):
+class UnknownKindError(UserError, ValueError):
     """A name (read from a file or a config) that no installed package registers."""
 
 

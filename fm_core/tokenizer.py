@@ -11,10 +11,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fm_core.errors import UserError
 from fm_core.registry import TOKENIZERS
 
 
-class InvalidRecordError(ValueError):
+class InvalidRecordError(UserError, ValueError):
     """A record that cannot be tokenized. The message names the source, the record and why."""
 
     def __init__(self, reason: str, *, source: str | None = None, record: str | None = None,

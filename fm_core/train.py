@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,9 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from fm_core.checkpoint import find_resume_checkpoint, verify_checkpoint
-from fm_core.export import save_pretrained
+from fm_core.export import provenance, save_pretrained
+from fm_core.locks import DirectoryLock, launcher_rank
+from fm_core.summary import print_summary, rejected_counts
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,41 @@ def build_pieces(cfg: DictConfig) -> tuple[Any, Any, Any]:
     return tokenizer, net, datamodule
 
 
+def run_dir_lock(run_dir: Path, what: str) -> AbstractContextManager:
+    """One writer per run directory: rank 0 of a run holds the lock (the other ranks of a
+    distributed run write into the same directory by design)."""
+    return DirectoryLock(run_dir, what=what) if launcher_rank() == 0 else nullcontext()
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
+    """Pre-train (or continue pre-training) in ``paths.run_dir``, holding its lock throughout."""
+    run_dir = Path(cfg.paths.run_dir)
+    with run_dir_lock(run_dir, "fm-pretrain run"):
+        return _train(cfg, run_dir)
+
+
+def print_data_summary(tool: str, metrics: dict[str, Any]) -> None:
+    """One line per data split that counts its records (read, kept, rejected by reason)."""
+    for split in ("train", "val"):
+        if f"data/{split}_read" in metrics:
+            print_summary(f"{tool} {split} data", metrics[f"data/{split}_read"], metrics[f"data/{split}_kept"],
+                          rejected_counts(metrics, f"data/{split}_rejected_"), None)
+
+
+def finished_rerun(run_dir: Path, ckpt_path: str | None, trainer: L.Trainer, module: Any) -> dict[str, Any] | None:
+    """The stored metrics when this leg resumed a finished run and trained nothing (``metrics.json``
+    is then left as it was); None when the run trained."""
+    metrics_path = run_dir / "metrics.json"
+    if ckpt_path is None or module.resumed_step != trainer.global_step or not metrics_path.is_file():
+        return None
+    print(f"{run_dir}: already finished at step {trainer.global_step}, nothing to train; "
+          f"{metrics_path} left as it was (raise trainer.max_steps to continue)")
+    return json.loads(metrics_path.read_text())
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # our training loader resumes mid-epoch (fm_core.resume), which Lightning cannot see
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-    run_dir = Path(cfg.paths.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
@@ -104,9 +137,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams(flat_cfg)
 
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
-    fit_seconds = time.perf_counter() - started
+    ckpt_path = resolve_ckpt_path(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    stored = finished_rerun(run_dir, ckpt_path, trainer, module)
+    if stored is not None:
+        close_loggers(trainer)
+        return stored
     # the final state, for resuming with more steps or fine-tuning (atomic and hashed like all checkpoints)
     trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -120,8 +156,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model/num_parameters": sum(p.numel() for p in net.parameters()),
         "train/steps": trainer.global_step,
         "train/tokens_seen": tokens_seen,
-        "train/seconds": fit_seconds,
-        "train/tokens_per_second": tokens_seen / max(fit_seconds, 1e-9),
+        # over every leg of a resumed run (the totals travel in the checkpoint)
+        "train/seconds": module.train_seconds,
+        "train/tokens_per_second": tokens_seen / max(module.train_seconds, 1e-9),
+        "train/legs": module.legs,
     })
     if "val/unigram_perplexity" in metrics:
         metrics["val/perplexity_ratio_to_unigram"] = metrics["val/perplexity"] / metrics["val/unigram_perplexity"]
@@ -129,9 +167,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("export", True):
             export_dir = save_pretrained(run_dir / "export", net, tokenizer,
                                          metadata={"val/perplexity": metrics.get("val/perplexity", math.nan),
-                                                   "train/steps": trainer.global_step})
+                                                   "train/steps": trainer.global_step, **provenance(cfg)})
             metrics["export_dir"] = str(export_dir)
         write_metrics(run_dir, metrics)
+        print_data_summary("fm-pretrain", metrics)
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                                step=trainer.global_step)

@@ -18,3 +18,18 @@ class StallAt(L.Callback):
         if trainer.global_step == self.step:
             self.flag.write_text(str(trainer.current_epoch))
             time.sleep(600)  # the test kills the process here
+
+
+def gated_fasta(path: str, flag: str, gate: str, after: int):
+    """An ``fm-embed`` reader (``reader._target_=killpoint.gated_fasta``) that, before record
+    ``after``, announces itself in ``flag`` and waits for the file ``gate``: the job holds its
+    output directory, part-way through, for as long as the test needs."""
+    from bio_fm.fasta import iter_fasta
+
+    for k, record in enumerate(iter_fasta(path)):
+        if k == after:
+            Path(flag).write_text("waiting")
+            deadline = time.monotonic() + 300
+            while not Path(gate).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        yield record

@@ -19,7 +19,7 @@ def options():
 
 def test_every_group_has_options():
     assert GROUPS["model"] == sorted(["tiny", "mini", "esm2_8m", "esm2_35m", "esm2_150m", "esm2_650m",
-                                      "from_checkpoint"])
+                                      "from_checkpoint", "none"])
     assert {"cpu", "gpu", "ddp"} <= set(GROUPS["trainer"])
     assert {"wandb", "csv"} <= set(GROUPS["logger"])
     assert {"protein_quick", "protein_esm2_8m"} <= set(GROUPS["experiment"])
@@ -30,7 +30,7 @@ def test_every_config_composes_and_resolves(compose, tmp_path, group, name):
     extra = ["data.train.path=x.fa", "data.val.path=y.fa"] if (group, name) == ("data", "fasta") else []
     cfg = compose([f"{group}={name}", f"paths.run_dir={tmp_path}", *extra])
     OmegaConf.resolve(cfg)  # every interpolation resolves
-    assert cfg.model.size in SIZES or (name == "from_checkpoint" and cfg.model.size is None)
+    assert cfg.model.size in SIZES or (name in ("from_checkpoint", "none") and cfg.model.size is None)
     assert "max_length" not in cfg.data  # one source of truth: train() passes the model's
     assert cfg.module.scheduler.total_steps == cfg.trainer.max_steps
 

@@ -125,7 +125,8 @@ def test_drug_property_classification_and_fm_score(compose, tmp_path, capsys):
     assert on_disk["test/roc_auc_mean"] == m["test/roc_auc_mean"]
     assert (tmp_path / "b3db_classification" / "test_predictions.png").stat().st_size > 5000
 
-    # fm-score: every row comes back, invalid ones with their reason; salts only with --largest-fragment
+    # fm-score: every row and input column comes back, invalid ones with their reason; salts get the
+    # training policy stored in the scorer (largest fragment, as fm-prep's default), or --keep-fragments
     scorer_dir = Path(m["scorer"])
     src = tmp_path / "in.csv"
     src.write_text("name,SMILES\naspirin,CC(=O)Oc1ccccc1C(=O)O\nbad,C1CC\nempty,\n"
@@ -133,20 +134,21 @@ def test_drug_property_classification_and_fm_score(compose, tmp_path, capsys):
     s = score_file(scorer_dir, src, tmp_path / "out.csv")
     rows = list(csv.DictReader(open(tmp_path / "out.csv")))
     assert [r["row"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
-    assert (s["score/read"], s["score/scored"], s["score/rejected_invalid_smiles"],
-            s["score/rejected_multiple_fragments"]) == (6, 2, 3, 1)
+    assert [r["name"] for r in rows] == ["aspirin", "bad", "empty", "salt", "valence", "caffeine"]
+    assert (s["score/read"], s["score/scored"], s["score/rejected_invalid_smiles"]) == (6, 3, 3)
     assert rows[1]["error"] == "SMILES parse error" and rows[2]["error"] == "empty"
-    assert "valence" in rows[4]["error"].lower() and rows[3]["error"].startswith("2 fragments")
+    assert "valence" in rows[4]["error"].lower() and rows[3]["error"] == ""
+    assert rows[3]["canonical_smiles"] == "CC(=O)Oc1ccccc1C(=O)[O-]"  # the anion, as fm-prep keeps it
     # predictions equal the in-memory ensemble's (save/load round trip)
     scorer = Scorer.load(scorer_dir)
     mean, std, members = scorer.predict_mols([Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O")])
-    assert float(rows[0]["prediction"]) == pytest.approx(mean[0], rel=1e-5) and members.shape == (3, 1)
-    assert float(rows[0]["uncertainty"]) == pytest.approx(std[0], rel=1e-5, abs=1e-7) and 0 <= mean[0] <= 1
-    assert fm_score([str(scorer_dir), str(src), "-o", str(tmp_path / "o2.csv"), "--largest-fragment"]) == 0
+    assert float(rows[0]["bbb (probability)"]) == pytest.approx(mean[0], rel=1e-5) and members.shape == (3, 1)
+    assert float(rows[0]["bbb std"]) == pytest.approx(std[0], rel=1e-5, abs=1e-7) and 0 <= mean[0] <= 1
+    assert fm_score([str(scorer_dir), str(src), "-o", str(tmp_path / "o2.csv"), "--keep-fragments"]) == 0
     salt = list(csv.DictReader(open(tmp_path / "o2.csv")))[3]
-    assert salt["error"] == "" and salt["smiles"] == "CC(=O)Oc1ccccc1C(=O)[O-]"  # the anion, as fm-prep keeps it
-    anion = scorer.predict_mols([Chem.MolFromSmiles(salt["smiles"])])[0][0]
-    assert float(salt["prediction"]) == pytest.approx(anion, rel=1e-5)
+    assert salt["error"] == "" and salt["canonical_smiles"] == "CC(=O)Oc1ccccc1C(=O)[O-].[Na+]"
+    anion = scorer.predict_mols([Chem.MolFromSmiles(rows[3]["canonical_smiles"])])[0][0]
+    assert float(rows[3]["bbb (probability)"]) == pytest.approx(anion, rel=1e-5)
     assert "row 2: SMILES parse error" in capsys.readouterr().err
     (tmp_path / "empty.csv").write_text("")
     assert fm_score([str(scorer_dir), str(tmp_path / "empty.csv"), "-o", str(tmp_path / "o3.csv")]) == 2

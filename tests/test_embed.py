@@ -130,7 +130,7 @@ def test_job_resumes_to_identical_shards(tiny_esm, compose, tmp_path, valid_reco
         job(compose, f"input={fasta}", f"checkpoint={ckpt}", "layers=[-1]", "per_residue=true", f"out={parts}")
 
 
-def test_bad_records_error_or_are_counted(tiny_esm, compose, tmp_path, valid_records):
+def test_bad_records_error_or_are_counted(tiny_esm, compose, tmp_path, valid_records, capsys):
     _, ckpt = tiny_esm
     good = [(r, s[:200]) for r, s in valid_records[:6]]
     bad = [*good[:2], ("P_BAD", "MKTJAYIAK"), ("P_EMPTY", ""), (good[0][0], "MKV"), *good[2:]]
@@ -150,6 +150,18 @@ def test_bad_records_error_or_are_counted(tiny_esm, compose, tmp_path, valid_rec
     assert metrics["data/records_rejected_duplicate_id"] == 1
     ids, _ = read_embeddings(tmp_path / "skip")
     assert ids == [r for r, _ in good]
+    # each rejected record listed with its reason, and one line saying so
+    rows = (tmp_path / "skip" / "rejected.tsv").read_text().splitlines()
+    assert rows[0] == "record\treason\tdetail"
+    assert [r.split("\t")[:2] for r in rows[1:]] == [["P_BAD", "invalid"], ["P_EMPTY", "empty"],
+                                                    [good[0][0], "duplicate_id"]]
+    assert (f"fm-embed: read 9, kept 6, rejected 3 (duplicate_id 1, empty 1, invalid 1); rejected records: "
+            f"{tmp_path / 'skip' / 'rejected.tsv'}") in capsys.readouterr().err
+    # a job stopped after its first shard and resumed lists each rejected record once, as one run does
+    first = job(compose, *base, "on_invalid=skip", "chunk_records=3", "max_shards=1", f"out={tmp_path / 'legs'}")
+    assert not first["embed/finished"]
+    job(compose, *base, "on_invalid=skip", "chunk_records=3", f"out={tmp_path / 'legs'}")
+    assert (tmp_path / "legs" / "rejected.tsv").read_text() == "\n".join(rows) + "\n"
 
 
 def test_hashed_id_set_finds_duplicates_across_runs():

@@ -78,7 +78,7 @@ def test_missing_task_is_a_clear_error(compose):
         finetune(cfg)
 
 
-TASKS = ("contacts", "secondary_structure", "code_completion", "drug_property")
+TASKS = ("contacts", "secondary_structure", "code_completion", "drug_property", "go_transfer")
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -258,3 +258,91 @@ def test_shards_fuzz_damaged_file(tmp_path, cut, flip):
     finally:
         shard.write_bytes(good)
     assert bytes(data) == good and len(ds) == 60
+
+
+# ---- the one error path of every CLI (fm_core.errors) --------------------------------------------
+def _exit_of(work, capsys, resumes=False):
+    from fm_core.errors import run_cli
+
+    with pytest.raises(SystemExit) as done:
+        run_cli("fm-x", work, resumes=resumes)
+    return done.value.code, capsys.readouterr().err
+
+
+def test_run_cli_user_error_interrupt_and_bug(capsys, monkeypatch, tmp_path):
+    from fm_core.errors import UserError
+
+    monkeypatch.delenv("FM_DEBUG", raising=False)
+
+    def user():
+        raise UserError("data.fa: record 'r7' has no sequence; fix or drop it")
+
+    assert _exit_of(user, capsys) == (2, "fm-x: error: data.fa: record 'r7' has no sequence; fix or drop it\n")
+
+    def missing():
+        open(tmp_path / "nope.fa")
+
+    code, err = _exit_of(missing, capsys)
+    assert code == 2 and str(tmp_path / "nope.fa") in err and err.count("\n") == 1
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    assert _exit_of(ctrl_c, capsys, resumes=True) == (130, "\nfm-x: interrupted: rerun the same command to resume\n")
+    assert _exit_of(ctrl_c, capsys)[0] == 130
+
+    def bug():
+        return {}["key"]
+
+    with pytest.raises(KeyError):  # a programming error keeps its traceback
+        _exit_of(bug, capsys)
+    monkeypatch.setenv("FM_DEBUG", "1")
+    with pytest.raises(UserError):  # FM_DEBUG=1: the user's mistake with its traceback
+        _exit_of(user, capsys)
+
+
+def test_user_facing_errors_share_the_base():
+    from fm_core.checkpoint import CheckpointError
+    from fm_core.config import ConfigError
+    from fm_core.errors import UserError
+    from fm_core.registry import UnknownKindError
+
+    for cls in (CheckpointError, ConfigError, InvalidRecordError, UnknownKindError):
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
+
+
+def test_malicious_pickle_refusal_gives_no_unsafe_advice(tmp_path):
+    import os
+    import pickle
+
+    import torch
+
+    from fm_core.checkpoint import CheckpointError, safe_torch_load
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(Evil()))
+    for name in ("evil.pt", "evil.pkl"):
+        with pytest.raises(CheckpointError) as err:
+            safe_torch_load(tmp_path / name)
+        text = str(err.value)
+        assert name in text and "nothing in it was run" in text and "weights_only" not in text, text
+        assert "\n" not in text
+    assert "GLOBAL posix.system" in str(pytest.raises(CheckpointError, safe_torch_load, tmp_path / "evil.pt").value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_help_is_rendered_from_the_yaml_comments():
+    from fm_core.help import render_help, required, short_usage
+
+    text = render_help("embed", "fm-embed", [])
+    assert "on_invalid: error       # error | skip (and count)" in text and "hydra:" not in text
+    assert text.count("fm-embed input=") >= 1 and "Groups" not in text
+    assert short_usage("pretrain", "fm-pretrain") is None
+    assert "missing required input, checkpoint, out" in short_usage("embed", "fm-embed")
+    from fm_core.help import read_config
+
+    assert required(read_config("finetune")) == ["task"]

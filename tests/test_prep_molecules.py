@@ -51,7 +51,7 @@ def test_b3db_slice_counts_rejects_and_splits(tmp_path):
     assert again["outputs"] == m["outputs"]
 
 
-def test_bad_rows_duplicates_and_conflicting_labels(tmp_path):
+def test_bad_rows_duplicates_and_conflicting_labels(tmp_path, capsys):
     src = tmp_path / "mixed.csv"
     src.write_text("smiles,expt\n"
                    "CCO,1.0\n"  # ethanol
@@ -78,6 +78,14 @@ def test_bad_rows_duplicates_and_conflicting_labels(tmp_path):
         ("1", "1.0", "drop"), ("2", "1.0", "drop"), ("3", "2.5", "drop")]
     smiles = sorted(r["smiles"] for r in pq.read_table(out / "molecules.parquet").to_pylist())
     assert smiles == ["CC(=O)[O-]", "c1ccccc1"]
+    # one line: read, kept, rejected by reason, and the file that lists every rejected record
+    assert (f"fm-prep molecules: read 9, kept 2, rejected 7 (conflicting_labels 3, invalid_label 1, "
+            f"invalid_structure 3); rejected records: {out / 'rejected.tsv'}") in capsys.readouterr().err
+    with open(out / "rejected.tsv") as fh:
+        listed = [(r["reason"], r["detail"]) for r in csv.DictReader(fh, delimiter="\t")]
+    assert sorted(listed) == [("conflicting_labels", "3 records"), ("invalid_label", ""),
+                              ("invalid_structure", ""), ("invalid_structure", ""), ("invalid_structure", "")]
+    assert m["counts"]["rejected_file"] == "rejected.tsv"
     mean = prepare(MoleculePrepConfig(source="freesolv", inputs=[str(src)], out=str(tmp_path / "mean"),
                                       on_conflict="mean"))
     assert mean["counts"]["rejected"]["duplicate"] == 2 and mean["counts"]["kept"] == 3
@@ -99,6 +107,20 @@ def test_every_source_layout(tmp_path, source, name, read, kept, label):
     assert list(SOURCES[source].labels) == ([label] if label and source != "qm9" else m["labels"])
     if label:
         assert all(isinstance(r[label], float) for r in rows)
+
+
+def test_a_split_with_no_training_molecule_is_an_error(tmp_path):
+    """Three acyclic molecules share the empty scaffold: the whole group lands in test. That is an
+    error naming the counts, and nothing is published (no task divides by an empty train split)."""
+    from fm_core.errors import UserError
+
+    src = tmp_path / "small.csv"
+    src.write_text("smiles,expt\nCCO,1.0\nCCC,2.0\nCCN,3.0\n")
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match=r"of 3 molecules kept, no training molecule in the split cluster "
+                                        r"\(train 0, valid 0, test 3\), scaffold \(train 0, valid 0, test 3\)"):
+        prepare(MoleculePrepConfig(source="freesolv", inputs=[str(src)], out=str(out)))
+    assert not (out / "molecules.parquet").exists() and not (out / "manifest.json").exists()
 
 
 def test_scaffold_split_is_greedy_by_group_size():

@@ -167,16 +167,53 @@ def test_secondary_structure_task_and_prediction(compose, structures, tmp_path):
     assert (tmp_path / "run" / "per_chain_q3.png").stat().st_size > 10_000
 
     fasta = tmp_path / "q.fa"
-    fasta.write_text("".join(f">{c.id}\n{c.sequence}\n" for c in test[:2]) + ">bad\nMKX1\n")
+    # then an empty record, a repeated id, and two ids that make the same file name
+    fasta.write_text("".join(f">{c.id}\n{c.sequence}\n" for c in test[:2]) + ">bad\nMKX1\n>empty\n\n"
+                     + f">{test[0].id}\nMKV\n>a/b\nMKTAYIAK\n>a_b\nMKTAYIAK\n")
     with pytest.raises(ValueError, match="bad"):
         predict(str(tmp_path / "run" / "export"), str(fasta), str(tmp_path / "pred"), png=False)
+    assert not (tmp_path / "pred").exists()  # the input is checked before anything is written
     s = predict(str(tmp_path / "run" / "export"), str(fasta), str(tmp_path / "pred"), on_invalid="skip", png=True)
-    assert (s["read"], s["predicted"], s["rejected_invalid"]) == (3, 2, 1)
+    assert (s["read"], s["predicted"], s["rejected_invalid"], s["rejected_empty"], s["rejected_duplicate_id"]) == (
+        7, 4, 1, 1, 1)
     rows = (tmp_path / "pred" / "secondary_structure.tsv").read_text().splitlines()
-    assert rows[0] == "id\tsequence\tss3\tss8" and len(rows) == 3
+    assert rows[0] == "id\tsequence\tss3\tss8" and len(rows) == 5
     _, seq, ss3, ss8 = rows[1].split("\t")
     assert seq == test[0].sequence and len(ss3) == len(ss8) == len(seq) and set(ss3) <= set("HEC")
-    assert (tmp_path / "pred" / f"{test[0].id}.contacts.png").is_file()
+    # the mapping of ids to file names, and the rejected records with their reasons
+    names = [r.split("\t")[:2] for r in (tmp_path / "pred" / "records.tsv").read_text().splitlines()[1:]]
+    assert names == [[test[0].id, test[0].id], [test[1].id, test[1].id], ["a/b", "a_b"], ["a_b", "a_b-2"]]
+    rejected = [r.split("\t")[:2] for r in (tmp_path / "pred" / "rejected.tsv").read_text().splitlines()[1:]]
+    assert rejected == [["bad", "invalid"], ["empty", "empty"], [test[0].id, "duplicate_id"]]
+    # this export's contact regression was never fitted: no 0.5-everywhere maps, and the summary says so
+    assert s["contacts"].startswith("not predicted") and not list((tmp_path / "pred").glob("*.contacts.*"))
+
+
+def test_predict_refuses_an_unfitted_contact_head(tmp_path, alphabet, capsys):
+    """A pre-training export (its contact regression never fitted, no heads): refused, not a map
+    of 0.5 everywhere; the same backbone with a fitted regression predicts, and says which."""
+    from bio_fm.contact import attach_contact_head
+    from fm_core.errors import UserError
+    from fm_core.export import save_pretrained
+    from fm_core.model import build_model
+    from tasks.structure.predict import predict
+
+    net = build_model("tiny", alphabet)
+    save_pretrained(tmp_path / "pretrained", net, alphabet)
+    fasta = tmp_path / "q.fa"
+    fasta.write_text(">q1\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    with pytest.raises(UserError, match="nothing to predict: contacts not predicted: no contacts head, and the "
+                                        "backbone's contact regression was never fitted"):
+        predict(str(tmp_path / "pretrained"), str(fasta), str(tmp_path / "pred"), png=False)
+    assert not (tmp_path / "pred").exists()  # nothing written (the lock's directory is removed again)
+    with torch.no_grad():
+        attach_contact_head(net).regression.bias.fill_(-1.0)
+    save_pretrained(tmp_path / "fitted", net, alphabet)
+    s = predict(str(tmp_path / "fitted"), str(fasta), str(tmp_path / "pred"), png=False)
+    assert s["contacts"] == "backbone contact regression" and (s["read"], s["predicted"]) == (1, 1)
+    probs = np.load(tmp_path / "pred" / "q1.contacts.npy")
+    assert probs.shape == (22, 22) and not np.allclose(probs, 0.5)
+    assert "fm-predict-structure: read 1, predicted 1, rejected 0" in capsys.readouterr().err
 
 
 def test_contact_module_freezes_or_finetunes_the_backbone(alphabet):
@@ -252,3 +289,55 @@ def test_load_head_builds_only_registered_heads(tmp_path):
     spec_path.write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="unknown head 'os.system'"):
         load_head(spec_path)
+
+
+def _retrieval_database(tmp_path, planted):
+    """The bio_fm UniProt slice (sequences only) plus the ``planted`` chains' sequences."""
+    import gzip
+
+    from tasks.structure.data import PRETRAIN_SLICE
+
+    db = tmp_path / "retrieval_db.fa"
+    db.write_bytes(gzip.decompress(PRETRAIN_SLICE.read_bytes())
+                   + "".join(f">planted{k}\n{c.sequence}\n" for k, c in enumerate(planted)).encode())
+    return db
+
+
+@pytest.mark.slow
+def test_secondary_structure_with_retrieval(compose, structures, tmp_path):
+    """task.retrieval.database: retrieved profiles beside the embeddings, on the slice with the UniProt
+    slice as database; two test chains planted in the database are found identical and left out of
+    every *_no_identical_hit subset."""
+    from bio_fm import profiles
+    from fm_core.finetune import finetune
+    from tasks.structure.data import load_split
+
+    test = load_split(structures, "test", 12, seed=0)
+    db = _retrieval_database(tmp_path, test[:2])
+    corpus = tmp_path / "corpus.fa"
+    corpus.write_text(">p0\nMKTAYIAKQRQISFVKSHFSRQ\n")
+    cfg = compose(_common(tmp_path / "run", structures, "secondary_structure",
+                          ["task.train.max_steps=20", "task.max_train_chains=20", f"task.pretrain_corpus={corpus}",
+                           "~task.heads.conv", "task.window_mlp.hidden=32", "task.repr_layers=[-1]",
+                           f"task.retrieval.database={db}", f"task.retrieval.cache_dir={tmp_path / 'cache'}"]),
+                  config_name="finetune")
+    m = finetune(cfg)
+    for method in ("retrieved_profile_window", "linear_retrieval", "linear", "onehot_window", "propensity",
+                   "profile_window"):
+        assert 0 <= m[f"test/{method}/Q3"] <= 1 and f"test_no_identical_hit/{method}/Q3" in m
+    identical = m["retrieval/test_chains_with_identical_hit"]
+    assert identical >= 2 and m["data/test_no_identical_hit_chains"] == 12 - identical
+    strata = [m[f"retrieval/test_chains_homologues_{s}"] for s in ("0", "1-9", "10+")]
+    assert sum(strata) == 12 and strata == [m[f"data/test_homologues_{s}_chains"] for s in ("0", "1-9", "10+")]
+    assert m["summary/best_retrieval_method"] in ("retrieved_profile_window", "linear_retrieval")
+    rows = [r.split("\t") for r in (tmp_path / "run" / "retrieval_per_chain.tsv").read_text().splitlines()]
+    assert rows[0][:4] == ["chain", "split", "length", "homologues"] and len(rows) == 1 + 20 + 12
+    by_id = {r[0]: r for r in rows[1:] if r[1] == "test"}
+    assert by_id[test[0].id][4] == "1.000" and by_id[test[0].id][6] == "1"
+    # the cached search gives the same alignments; the profile of a chain is the one built from them
+    from tasks.structure.retrieval import retrieve
+
+    again = retrieve(test[:1], dict(cfg.task.retrieval), threads=1)[0]
+    assert again.identical and again.max_identity == pytest.approx(1.0)
+    w = profiles.sequence_weights(again.msa, cfg.task.retrieval.identity)
+    np.testing.assert_allclose(again.features[:, :20], profiles.position_profile(again.msa, w, 1.0), rtol=1e-6)

@@ -27,9 +27,10 @@ import torch
 
 from code_fm.fim_format import FIMTokenizer, fim_layout
 from fm_core.decoding import NextTokenModel, generate
+from fm_core.errors import UserError
 
 
-class CompletionError(ValueError):
+class CompletionError(UserError, ValueError):
     """Bad input for completion: the message says what and where."""
 
 
@@ -198,29 +199,14 @@ def load_completer(checkpoint: str, context: int | None = None) -> tuple[Complet
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="fm-complete",
-        description="Complete the current line (or block) of code at a cursor. The code comes from "
-                    "--file with --line/--column, or from stdin: everything before the marker "
-                    "(default <cursor>) is the prefix, everything after it the optional suffix. A single "
-                    "trailing newline on stdin is dropped (echo adds one).")
-    p.add_argument("--checkpoint", required=True, help="export directory written by fm-finetune task=code_completion")
-    p.add_argument("--file", help="source file (UTF-8)")
-    p.add_argument("--line", type=int, help="cursor line, 1-based (default: end of file)")
-    p.add_argument("--column", type=int, default=None, help="cursor column, 0-based (default: end of line)")
-    p.add_argument("--marker", default="<cursor>", help="cursor marker in stdin text")
-    p.add_argument("--mode", choices=("line", "block"), default="line")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 48 (line), 256 (block)")
-    p.add_argument("--max-seconds", type=float, default=10.0, help="wall-clock bound on decoding")
-    p.add_argument("--context", type=int, default=None, help="prompt tokens kept (default: the model's max_length)")
-    p.add_argument("--retrieval", action="store_true",
-                   help="line mode, greedy: let the model choose between its own line and the line retrieved from "
-                        "earlier in the file (tasks.code_completion.retrieval, with the gate the task exported); the text "
-                        "after the cursor is not used")
-    args = p.parse_args(argv)
+    """``fm-complete`` in-process (the console command is ``tasks.code_completion.cli.main``)."""
+    from tasks.code_completion.cli import parser
+
+    return run(parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Complete at the cursor ``args`` describe; print the completion; the exit code."""
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     try:
         if args.file:
@@ -264,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    sys.exit(main())
+    sys.exit(main())  # the console command is tasks.code_completion.cli.main
 
 
 __all__ = ["Completer", "Completion", "CompletionError", "Prompt", "block_end", "load_completer", "main"]

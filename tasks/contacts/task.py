@@ -8,10 +8,14 @@ Methods, all on the same test chains, one run:
   the backbone's contact head (``net.heads["contact"]``, saved with its export), so
   ``bio_fm.contact.predict_contacts`` and ``fm-predict-structure`` use it.
 - ``supervised``: a ``PairHead`` over last-layer embeddings trained with Lightning on training
-  chains (backbone frozen, or fine-tuned with ``supervised.finetune_backbone``).
+  chains (backbone frozen, or fine-tuned with ``supervised.finetune_backbone``: every weight, or
+  only its LoRA adapter's with ``adapter=lora``).
 - ``random_init_esm_lr``, ``random_init_supervised``: the same over a randomly initialised
   backbone of the same shape; ``random`` scores and the ``separation_prior`` (closer in sequence
   ranks first).
+- with ``retrieval.database`` (``tasks.structure.retrieval``): ``retrieved_coupling``, the APC-corrected
+  mutual information of each chain's retrieved alignment (>= ``min_homologues_mi`` homologues, else
+  the separation prior); subsets by homologue stratum and without identical hits.
 
 Metrics: precision at L, L/2, L/5 for short / medium / long range (``tasks.structure.metrics``) on
 every test chain (``test/<method>/long_P@L5``), on the chains without an MMseqs2 hit in train
@@ -29,11 +33,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bio_fm import profiles
 from bio_fm.contact import attach_contact_head, predict_contacts
 from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
 from tasks.structure import data as sd
+from tasks.structure import retrieval as sr
 from tasks.structure.heads import ContactDataset, ContactModule, PairHead, contact_probabilities, save_head
 from tasks.structure.metrics import (
     MIN_SEPARATION,
@@ -132,6 +138,8 @@ class ContactTask(sd.StructureTask):
             scorers[f"{prefix}supervised"] = pair_head_scorer(backbone, modules[prefix].head, alphabet)
         scorers["random"] = lambda c: random_scores(len(c), seed=run.seed)
         scorers["separation_prior"] = lambda c: separation_prior_scores(len(c), seed=run.seed)
+        if self.retrieval["database"]:
+            groups = self.add_retrieval(run, s, scorers)
 
         per_chain: dict[str, list[dict[str, float]]] = {m: [] for m in scorers}
         keep = self.plot_indices(test)
@@ -161,6 +169,25 @@ class ContactTask(sd.StructureTask):
         save_head(export / "heads", "contacts", modules[""].head, task="contacts")
         self.plots(run, test, kept_maps, per_chain)
         return metrics
+
+    def add_retrieval(self, run: FinetuneRun, s: sd.StructureSetup, scorers: dict[str, Scorer]) -> dict[str, list[int]]:
+        """Retrieve homologues of the test chains; add ``retrieved_coupling``: the APC-corrected mutual
+        information of the retrieved alignment where it holds ``min_homologues_mi`` homologues, the
+        separation prior elsewhere. Returns the subsets with the homologue strata."""
+        cfg = self.retrieval
+        sr.retrieve(s.test, cfg, self.mmseqs_threads)
+        s.metrics.update(sr.retrieval_report(run.run_dir, {"test": s.test}))
+
+        def coupling(chain: sd.Chain) -> np.ndarray:
+            r = chain.cache["retrieval"]
+            if r.homologues < cfg["min_homologues_mi"]:
+                return separation_prior_scores(len(chain), seed=run.seed)
+            return profiles.coupling_map(r.msa, identity=cfg["identity"], pseudocount=cfg["mi_pseudocount"])
+
+        scorers["retrieved_coupling"] = coupling
+        groups = sr.retrieval_subsets(s.test, s.groups)
+        s.metrics.update({f"data/{name}_chains": len(idx) for name, idx in groups.items()})
+        return groups
 
     def train_pair_head(self, run: FinetuneRun, backbone: MaskedLM, tokenizer, chains: list[sd.Chain],
                         sup: dict, name: str) -> ContactModule:

@@ -1,10 +1,12 @@
 """MLP property heads over any representation, trained by Lightning with early stopping on the
-validation split (the best epoch's weights restored), and seed ensembles (mean prediction + spread
-between members as the uncertainty)."""
+validation split (the best epoch's weights restored), one output per target (multi-task: a missing
+label, NaN, is masked out of the loss), optionally a mean-variance head (a mean and a variance per
+regression target, trained with the Gaussian negative log-likelihood)."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -16,18 +18,18 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class MLP(nn.Module):
-    def __init__(self, in_dim: int, *, hidden: tuple[int, ...], dropout: float):
+    def __init__(self, in_dim: int, *, hidden: tuple[int, ...], dropout: float, out_dim: int = 1):
         super().__init__()
         layers: list[nn.Module] = []
         d = in_dim
         for h in hidden:
             layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(dropout)]
             d = h
-        layers.append(nn.Linear(d, 1))
+        layers.append(nn.Linear(d, out_dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F) -> (B,)
-        return self.net(x).squeeze(-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, F) -> (B, out_dim)
+        return self.net(x)
 
 
 @dataclass
@@ -60,11 +62,44 @@ def loss_fn(kind: str) -> nn.Module:
     return nn.BCEWithLogitsLoss() if kind == "classification" else nn.MSELoss()
 
 
+def as_kinds(kind: str | Sequence[str], n_targets: int) -> tuple[str, ...]:
+    return (kind,) * n_targets if isinstance(kind, str) else tuple(kind)
+
+
+class MaskedLoss(nn.Module):
+    """The mean loss over the labelled (non-NaN) entries of (B, T) targets: BCE for classification
+    targets, MSE for regression ones, or the Gaussian NLL when the head also predicts a variance
+    (outputs (B, 2T): T means, then T raw variances through softplus)."""
+
+    def __init__(self, kinds: tuple[str, ...], mean_variance: bool):
+        super().__init__()
+        self.kinds, self.mean_variance = kinds, mean_variance
+        self.single = loss_fn(kinds[0]) if len(set(kinds)) == 1 and not mean_variance else None
+        self.cls = torch.tensor([k == "classification" for k in kinds])
+
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        mask = ~torch.isnan(y)
+        t = len(self.kinds)
+        z = out[:, :t]
+        if self.single is not None:  # one kind, plain loss: exactly the single-task loss
+            return self.single(z[mask], y[mask])
+        y0 = torch.where(mask, y, torch.zeros_like(y))
+        bce = nn.functional.binary_cross_entropy_with_logits(z, y0, reduction="none")
+        if self.mean_variance:
+            var = nn.functional.softplus(out[:, t:]) + 1e-6
+            reg = nn.functional.gaussian_nll_loss(z, y0, var, reduction="none", full=True)
+        else:
+            reg = (z - y0) ** 2
+        per = torch.where(self.cls.expand_as(z), bce, reg)
+        return per[mask].mean()
+
+
 class _Rows(torch.utils.data.Dataset):
     """Features and targets, indexed by a whole batch of row indices at once."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
-        self.x, self.y = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.float32)
+        self.x = torch.as_tensor(x)
+        self.y = torch.as_tensor(y.reshape(len(y), -1), dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -92,13 +127,14 @@ class HeadModule(L.LightningModule):
     """Adam with weight decay on an :class:`MLP`; input dropout on the training batches, whose
     dropout masks are seeded by (seed, epoch, batch start) so that a fit is reproducible."""
 
-    def __init__(self, in_dim: int, kind: str, cfg: HeadConfig, seed: int):
+    def __init__(self, in_dim: int, kinds: tuple[str, ...], cfg: HeadConfig, seed: int, mean_variance: bool):
         super().__init__()
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.mlp = MLP(in_dim, hidden=cfg.hidden, dropout=cfg.dropout)
+            self.mlp = MLP(in_dim, hidden=cfg.hidden, dropout=cfg.dropout,
+                           out_dim=len(kinds) * (2 if mean_variance else 1))
         self.drop_in = nn.Dropout(cfg.input_dropout)
-        self.crit = loss_fn(kind)
+        self.crit = MaskedLoss(kinds, mean_variance)
         self.cfg, self.seed = cfg, seed
         self.history: list[tuple[float, float]] = []  # (mean train loss, valid loss) per epoch
         self._total, self._rows = 0.0, 0
@@ -143,12 +179,14 @@ class EarlyStoppingBest(EarlyStopping):
         pl_module.mlp.load_state_dict(self.best_state)
 
 
-def fit_mlp(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray, kind: str,
-            cfg: HeadConfig, seed: int) -> FitResult:
+def fit_mlp(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_valid: np.ndarray,
+            kind: str | Sequence[str], cfg: HeadConfig, seed: int, mean_variance: bool = False) -> FitResult:
     """Keeps the weights of the epoch with the lowest validation loss and stops after ``patience``
     epochs without improvement. ``y`` are standardised targets (regression) or 0/1 labels
-    (classification). The global torch RNG is left as it was."""
-    module = HeadModule(x_train.shape[1], kind, cfg, seed)
+    (classification), (n,) or (n, T) with NaN for a missing label; ``kind`` one per target. The
+    global torch RNG is left as it was."""
+    kinds = as_kinds(kind, 1 if y_train.ndim == 1 else y_train.shape[1])
+    module = HeadModule(x_train.shape[1], kinds, cfg, seed, mean_variance)
     stop = EarlyStoppingBest(cfg.patience)
     with torch.random.fork_rng():
         loaders = [DataLoader(_Rows(x, y), sampler=_EpochBatches(len(x), n, g), batch_size=None)
@@ -164,12 +202,26 @@ def fit_mlp(x_train: np.ndarray, y_train: np.ndarray, x_valid: np.ndarray, y_val
 
 
 @torch.no_grad()
-def predict(models: list[MLP], x: np.ndarray, kind: str, y_mean: float = 0.0, y_std: float = 1.0) -> np.ndarray:
-    """(members, n) predictions: probabilities (classification) or values in label units."""
+def predict_targets(models: list[MLP], x: np.ndarray, kinds: Sequence[str], y_mean: np.ndarray, y_std: np.ndarray,
+                    mean_variance: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(members, n, T) predictions: probabilities (classification) or values in label units, and
+    the members' predicted variances in label units (mean-variance heads; None otherwise)."""
     xt = torch.as_tensor(x)
-    out = []
+    t = len(kinds)
+    cls = np.array([k == "classification" for k in kinds])
+    means, variances = [], []
     for m in models:
         m.eval()
-        z = m(xt)
-        out.append((torch.sigmoid(z) if kind == "classification" else z * y_std + y_mean).numpy())
-    return np.stack(out).astype(np.float64)
+        out = m(xt).double().numpy()
+        z = out[:, :t]
+        means.append(np.where(cls, 1 / (1 + np.exp(-z)), z * y_std + y_mean))
+        if mean_variance:
+            variances.append((np.logaddexp(0, out[:, t:]) + 1e-6) * np.square(y_std))
+    return np.stack(means), (np.stack(variances) if mean_variance else None)
+
+
+def predict(models: list[MLP], x: np.ndarray, kind: str, y_mean: float = 0.0, y_std: float = 1.0) -> np.ndarray:
+    """(members, n) predictions of single-target heads: probabilities (classification) or values in
+    label units."""
+    mean, _ = predict_targets(models, x, [kind], np.array([y_mean]), np.array([y_std]), False)
+    return mean[..., 0]

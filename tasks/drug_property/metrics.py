@@ -3,6 +3,8 @@ regression; and their mean and (population) std over seeds."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
@@ -24,4 +26,15 @@ def mean_std(per_seed: list[dict[str, float]], prefix: str) -> dict[str, float]:
     for k in per_seed[0]:
         v = np.array([m[k] for m in per_seed], dtype=np.float64)
         out[f"{prefix}{k}_mean"], out[f"{prefix}{k}_std"] = float(v.mean()), float(v.std())
+    return out
+
+
+def target_metrics(targets: list[Any], y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """:func:`property_metrics` of every target ((n, T) labels, NaN = missing, masked out): the
+    plain names for one target, ``<target>/<metric>`` for several."""
+    out = {}
+    for j, t in enumerate(targets):
+        ok = np.isfinite(y[:, j])
+        m = property_metrics(t.kind, y[ok, j], pred[ok, j]) if ok.sum() >= 2 else {}
+        out.update({k if len(targets) == 1 else f"{t.name}/{k}": v for k, v in m.items()})
     return out

@@ -5,11 +5,16 @@ training chains (both outputs, 3 and 8 states, in one head), all scored on the s
 
 - ``linear`` / ``conv``: embeddings of the backbone (frozen; ``repr_layers``, default every layer
   concatenated) with a linear probe / a small convolutional head (``heads.linear`` / ``heads.conv``);
+  with ``train.finetune_backbone`` a copy of the backbone per head is fine-tuned with it (every
+  weight, or only its LoRA adapter's with ``adapter=lora``) and exported with the best head;
 - ``random_init_linear`` / ``random_init_conv``: the same over a random backbone of the same shape;
 - ``onehot_window``: one-hot residues in a window (``window_mlp``): the strong single-sequence baseline;
 - ``profile_window``: the sequence profiles shipped with the structure database in the same window
   MLP (the classic profile baseline; absent when the data have no profiles, e.g. PDB files);
 - ``propensity``: each amino acid's most frequent state in the training chains.
+- with ``retrieval.database`` (``tasks.structure.retrieval``): ``retrieved_profile_window`` (the profile
+  of each chain's retrieved homologues in the window MLP) and ``<head>_retrieval`` (each head over the
+  embeddings with that profile beside them); subsets by homologue stratum and without identical hits.
 
 Metrics: ``<subset>/<method>/Q3``, ``.../Q8`` (per residue), ``.../Q3_per_chain``, ``.../Q8_per_chain``
 for the subsets of ``tasks.structure.data.subsets``.
@@ -17,6 +22,7 @@ for the subsets of ``tasks.structure.data.subsets``.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +36,15 @@ from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
 from tasks.structure import data as sd
-from tasks.structure.heads import ResidueDataset, ResidueModule, WindowHead, save_head
+from tasks.structure import retrieval as sr
+from tasks.structure.heads import (
+    BackboneResidueModule,
+    ResidueDataset,
+    ResidueModule,
+    TokenResidueDataset,
+    WindowHead,
+    save_head,
+)
 from tasks.structure.metrics import accuracies
 
 log = logging.getLogger(__name__)
@@ -44,6 +58,30 @@ def onehot(chain: sd.Chain) -> np.ndarray:
 
 def profile(chain: sd.Chain) -> np.ndarray:
     return chain.profile
+
+
+def retrieved(chain: sd.Chain) -> np.ndarray:
+    """The profile features of the chain's retrieved homologues (``tasks.structure.retrieval``)."""
+    return chain.cache["retrieval"].features
+
+
+def retrieval_summary(metrics: dict[str, Any], groups: dict[str, list[int]], single: list[str],
+                      shipped_profile: bool) -> dict[str, Any]:
+    """The best retrieval-augmented method and, per subset, its margin over the best single-sequence
+    system (the backbone heads included) and over the shipped profile."""
+    mine = [m.split("/")[1] for m in metrics if m.startswith("test/") and m.endswith("/Q3") and "retriev" in m]
+    best = max(mine, key=lambda m: metrics[f"test/{m}/Q3"])
+    out: dict[str, Any] = {"summary/best_retrieval_method": best}
+    for group in groups:
+        for q in ("Q3", "Q8"):
+            if f"{group}/{best}/{q}" not in metrics or not groups[group]:
+                continue
+            out[f"{group}/margin_best_retrieval_vs_best_single_sequence/{q}"] = (
+                metrics[f"{group}/{best}/{q}"] - max(metrics[f"{group}/{b}/{q}"] for b in single))
+            if shipped_profile:
+                out[f"{group}/margin_best_retrieval_vs_profile/{q}"] = (
+                    metrics[f"{group}/{best}/{q}"] - metrics[f"{group}/profile_window/{q}"])
+    return out
 
 
 def embeddings(net: MaskedLM, tokenizer, layers: list[int] | None) -> Features:
@@ -104,9 +142,13 @@ class SecondaryStructureTask(sd.StructureTask):
         methods["onehot_window"] = ("onehot", self.window_mlp)
         if "profile" in sources:
             methods["profile_window"] = ("profile", self.window_mlp)
+        if self.retrieval["database"]:
+            groups = self.add_retrieval(run, s, train, sources, methods)
 
         preds: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         trained: dict[str, WindowHead] = {}
+        backbones = {"embeddings": net, "random_init_embeddings": s.random_net}  # fine-tuned per head on request
+        tuned: dict[str, MaskedLM] = {}
         for source, fn in sources.items():
             mine = {m: spec for m, (src, spec) in methods.items() if src == source}
             if not mine:
@@ -114,8 +156,13 @@ class SecondaryStructureTask(sd.StructureTask):
             train_x = [fn(c) for c in tqdm(train, desc=f"{source} (train)", leave=False)]
             test_x = [fn(c) for c in tqdm(test, desc=f"{source} (test)", leave=False)]
             for m, spec in mine.items():
-                trained[m] = self.fit(run, train_x, train, spec, m)
-                preds[m] = [predict_states(trained[m], x) for x in test_x]
+                if self.train["finetune_backbone"] and source in backbones:
+                    tuned[m], trained[m] = self.fit_backbone(run, backbones[source], alphabet, train_x, train, spec, m)
+                    feats = embeddings(tuned[m], alphabet, self.repr_layers)
+                    preds[m] = [predict_states(trained[m], feats(c)) for c in test]
+                else:
+                    trained[m] = self.fit(run, train_x, train, spec, m)
+                    preds[m] = [predict_states(trained[m], x) for x in test_x]
         p3, p8 = propensity_table(train)
         preds["propensity"] = [(p3[c.aa_index], p8[c.aa_index]) for c in test]
 
@@ -137,28 +184,68 @@ class SecondaryStructureTask(sd.StructureTask):
                 if "profile_window" in preds:
                     metrics[f"{group}/margin_best_model_vs_profile/{q}"] = (
                         metrics[f"{group}/{best}/{q}"] - metrics[f"{group}/profile_window/{q}"])
+        if self.retrieval["database"]:
+            metrics.update(retrieval_summary(metrics, groups, [*single, *models], "profile_window" in preds))
 
-        export = save_pretrained(run.run_dir / "export", net, alphabet)
+        export = save_pretrained(run.run_dir / "export", tuned.get(best, net), alphabet)
         save_head(export / "heads", "secondary_structure", trained[best], task="secondary_structure",
                   features="embeddings", repr_layers=sd.resolve_layers(net, self.repr_layers), states=[SS3, DSSP8])
         self.plot(run, test, preds, list(preds))
         return metrics
 
+    def add_retrieval(self, run: FinetuneRun, s: sd.StructureSetup, train: list[sd.Chain],
+                      sources: dict[str, Features], methods: dict[str, tuple[str, dict]]) -> dict[str, list[int]]:
+        """Retrieve homologues of every train and test chain; add the retrieved profile alone in the
+        window MLP (``retrieved_profile_window``) and every head over the backbone's embeddings with
+        the profile beside them (``<head>_retrieval``); returns the subsets with the homologue strata."""
+        sr.retrieve(train + s.test, self.retrieval, self.mmseqs_threads)
+        s.metrics.update(sr.retrieval_report(run.run_dir, {"train": train, "test": s.test}))
+        feats = sources["embeddings"]
+        sources["retrieved"] = retrieved
+        sources["embeddings_retrieved"] = lambda c: np.concatenate([feats(c), retrieved(c)], 1)
+        methods["retrieved_profile_window"] = ("retrieved", self.window_mlp)
+        for head_name, spec in self.heads.items():
+            methods[f"{head_name}_retrieval"] = ("embeddings_retrieved", spec)
+        groups = sr.retrieval_subsets(s.test, s.groups)
+        s.metrics.update({f"data/{name}_chains": len(idx) for name, idx in groups.items()})
+        return groups
+
     def fit(self, run: FinetuneRun, feats: list[np.ndarray], chains: list[sd.Chain], spec: dict,
             name: str) -> WindowHead:
+        head = self.new_head(run, feats, spec)
+        module = ResidueModule(head, name=name, lr=self.train["lr"], weight_decay=self.train["weight_decay"])
+        self.train_module(run, module, ResidueDataset(feats, [(c.y3, c.y8) for c in chains]), ResidueDataset.collate)
+        head.eval()
+        return head
+
+    def fit_backbone(self, run: FinetuneRun, backbone: MaskedLM, tokenizer, feats: list[np.ndarray],
+                     chains: list[sd.Chain], spec: dict, name: str) -> tuple[MaskedLM, WindowHead]:
+        """``fit`` with a copy of ``backbone`` fine-tuned alongside the head (every weight, or its
+        adapter's only); ``feats`` (the untouched backbone's) set the head's standardisation."""
+        tuned = copy.deepcopy(backbone).train()  # LoRA dropout on (the features left it in eval mode)
+        head = self.new_head(run, feats, spec)
+        module = BackboneResidueModule(tuned, head, layers=sd.resolve_layers(tuned, self.repr_layers), name=name,
+                                       lr=self.train["lr"], backbone_lr=self.train["backbone_lr"],
+                                       weight_decay=self.train["weight_decay"])
+        ds = TokenResidueDataset([tokenizer.add_special_tokens(c.tokens) for c in chains], [(c.y3, c.y8) for c in chains],
+                                 tuned.config.pad_id)
+        self.train_module(run, module, ds, ds.collate)
+        head.eval()
+        return tuned.eval(), head
+
+    @staticmethod
+    def new_head(run: FinetuneRun, feats: list[np.ndarray], spec: dict) -> WindowHead:
         torch.manual_seed(run.seed)
         head = WindowHead(feats[0].shape[1], out_dims=(len(SS3), len(DSSP8)), **spec)
         head.set_standardisation(feats)
-        module = ResidueModule(head, name=name, lr=self.train["lr"], weight_decay=self.train["weight_decay"])
-        ds = ResidueDataset(feats, [(c.y3, c.y8) for c in chains])
-        loader = torch.utils.data.DataLoader(ds, batch_size=self.train["batch_size"], shuffle=True,
-                                             collate_fn=ResidueDataset.collate,
+        return head
+
+    def train_module(self, run: FinetuneRun, module: Any, ds: torch.utils.data.Dataset, collate: Callable) -> None:
+        loader = torch.utils.data.DataLoader(ds, batch_size=self.train["batch_size"], shuffle=True, collate_fn=collate,
                                              generator=torch.Generator().manual_seed(run.seed))
         trainer = run.trainer(max_steps=self.train["max_steps"], limit_val_batches=0, enable_checkpointing=False,
                               enable_model_summary=False, val_check_interval=None, check_val_every_n_epoch=None)
         trainer.fit(module, train_dataloaders=loader)
-        head.eval()
-        return head
 
     def plot(self, run: FinetuneRun, test: list[sd.Chain], preds: dict, methods: list[str]) -> None:
         import matplotlib

@@ -196,8 +196,10 @@ class StructureTask:
     random-init twin, the test chains of ``data_dir`` and their pre-training homology subsets."""
 
     def __init__(self, *, data_dir: str, pretrain_corpus: str | None, pretrain_identity: float,
-                 max_test_chains: int | None, mmseqs_threads: int | None, num_threads: int | None):
+                 max_test_chains: int | None, mmseqs_threads: int | None, num_threads: int | None,
+                 retrieval: dict[str, Any]):
         self.data_dir, self.pretrain_corpus, self.pretrain_identity = data_dir, pretrain_corpus, pretrain_identity
+        self.retrieval = dict(retrieval)  # tasks.structure.retrieval settings; database null = off
         self.max_test_chains, self.mmseqs_threads, self.num_threads = max_test_chains, mmseqs_threads, num_threads
 
     def setup(self, run: Any) -> StructureSetup:

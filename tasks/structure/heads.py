@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from fm_core.adapters import set_trainable
 from fm_core.padding import pad_batch
 
 
@@ -98,9 +99,7 @@ class ResidueModule(L.LightningModule):
         self.head, self.name_, self.lr, self.weight_decay = head, name, lr, weight_decay
 
     def training_step(self, batch: dict[str, Tensor], _: int) -> Tensor:
-        outs = self.head(batch["x"], batch["mask"])
-        loss = sum(F.cross_entropy(o.reshape(-1, o.shape[-1]), y.reshape(-1), ignore_index=-1)
-                   for o, y in zip(outs, batch["ys"], strict=True))
+        loss = residue_loss(self.head(batch["x"], batch["mask"]), batch["ys"])
         self.log(f"{self.name_}/train_loss", loss, prog_bar=True, batch_size=batch["x"].shape[0])
         return loss
 
@@ -124,14 +123,91 @@ class ResidueDataset(torch.utils.data.Dataset):
     def collate(items):
         n = max(len(f) for f, _ in items)
         x = torch.zeros(len(items), n, items[0][0].shape[1])
-        mask = torch.zeros(len(items), n, dtype=torch.bool)
-        ys = [torch.full((len(items), n), -1, dtype=torch.long) for _ in items[0][1]]
-        for b, (f, labels) in enumerate(items):
+        for b, (f, _) in enumerate(items):
             x[b, : len(f)] = torch.as_tensor(f, dtype=torch.float32)
-            mask[b, : len(f)] = True
-            for y, lab in zip(ys, labels, strict=True):
-                y[b, : len(lab)] = torch.as_tensor(lab)
-        return {"x": x, "mask": mask, "ys": ys}
+        return {"x": x, **label_batch([labels for _, labels in items], n)}
+
+
+def residue_loss(outs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """Sum over the outputs (3- and 8-state) of the cross-entropy, padding (-1) ignored."""
+    return sum(F.cross_entropy(o.reshape(-1, o.shape[-1]), y.reshape(-1), ignore_index=-1)
+               for o, y in zip(outs, ys, strict=True))
+
+
+def label_batch(labels: Sequence[Sequence[np.ndarray]], n: int) -> dict[str, Any]:
+    """Per-chain labels [(L,), ...] -> ``mask`` (B, n) and ``ys`` [(B, n), ...] padded with -1."""
+    mask = torch.zeros(len(labels), n, dtype=torch.bool)
+    ys = [torch.full((len(labels), n), -1, dtype=torch.long) for _ in labels[0]]
+    for b, chain_labels in enumerate(labels):
+        mask[b, : len(chain_labels[0])] = True
+        for y, lab in zip(ys, chain_labels, strict=True):
+            y[b, : len(lab)] = torch.as_tensor(lab)
+    return {"mask": mask, "ys": ys}
+
+
+def residue_features(backbone: nn.Module, tokens: Tensor, layers: Sequence[int]) -> Tensor:
+    """tokens (B, T) with <cls> ... <eos> -> the representations of ``layers`` concatenated
+    (B, T - 2, D x layers): ``tasks.structure.data.backbone_features``, batched and differentiable."""
+    reps = backbone.encoder(tokens, repr_layers=layers)["representations"]
+    return torch.cat([reps[k][:, 1:-1] for k in layers], -1)
+
+
+class BackboneResidueModule(L.LightningModule):
+    """A ``WindowHead`` over the representations of a backbone fine-tuned with it (every weight, or
+    only its adapter's with ``model.adapter``): tokens -> ``residue_features`` -> the head."""
+
+    def __init__(self, backbone: nn.Module, head: WindowHead, *, layers: Sequence[int], name: str, lr: float,
+                 backbone_lr: float, weight_decay: float):
+        super().__init__()
+        self.backbone, self.head, self.layers, self.name_ = backbone, head, list(layers), name
+        self.lr, self.backbone_lr, self.weight_decay = lr, backbone_lr, weight_decay
+        set_backbone_trainable(backbone, train=True)
+
+    def training_step(self, batch: dict[str, Tensor], _: int) -> Tensor:
+        outs = self.head(residue_features(self.backbone, batch["tokens"], self.layers), batch["mask"])
+        loss = residue_loss(outs, batch["ys"])
+        self.log(f"{self.name_}/train_loss", loss, prog_bar=True, batch_size=batch["tokens"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        return head_and_backbone_optimizer(self.head, self.backbone, self.lr, self.backbone_lr, self.weight_decay)
+
+
+class TokenResidueDataset(torch.utils.data.Dataset):
+    """(tokens with specials (L + 2,), labels [(L,), ...]) per chain; ``collate`` pads the tokens
+    with ``pad_id`` and the labels with -1."""
+
+    def __init__(self, tokens: Sequence[np.ndarray], labels: Sequence[Sequence[np.ndarray]], pad_id: int):
+        self.tokens, self.labels, self.pad_id = tokens, labels, pad_id
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int):
+        return self.tokens[i], self.labels[i]
+
+    def collate(self, items):
+        n = max(len(t) for t, _ in items) - 2
+        return {"tokens": pad_batch([t for t, _ in items], self.pad_id, width=n + 2),
+                **label_batch([labels for _, labels in items], n)}
+
+
+def set_backbone_trainable(backbone: nn.Module, train: bool) -> None:
+    """The backbone trains (``train``: every weight, or its adapter's only) or not; its own heads and
+    its MLM head never do."""
+    set_trainable(backbone, train)
+    backbone.heads.requires_grad_(False)
+    backbone.lm_head.requires_grad_(False)
+
+
+def head_and_backbone_optimizer(head: nn.Module, backbone: nn.Module, lr: float, backbone_lr: float,
+                                weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the head (``lr``) and the backbone's trainable weights, if any (``backbone_lr``)."""
+    groups = [{"params": list(head.parameters()), "lr": lr}]
+    trainable = [p for p in backbone.parameters() if p.requires_grad]
+    if trainable:
+        groups.append({"params": trainable, "lr": backbone_lr})
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
 
 
 def residue_embeddings(backbone: nn.Module, tokens: Tensor) -> Tensor:
@@ -159,9 +235,7 @@ class ContactModule(L.LightningModule):
         self.backbone, self.head = backbone, head
         self.finetune_backbone, self.min_separation = finetune_backbone, min_separation
         self.lr, self.backbone_lr, self.weight_decay, self.name_ = lr, backbone_lr, weight_decay, name
-        self.backbone.requires_grad_(finetune_backbone)
-        self.backbone.heads.requires_grad_(False)
-        self.backbone.lm_head.requires_grad_(False)
+        set_backbone_trainable(self.backbone, train=finetune_backbone)  # with an adapter: only its weights train
 
     def embed(self, tokens: Tensor) -> Tensor:
         if self.finetune_backbone:
@@ -181,11 +255,7 @@ class ContactModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        groups = [{"params": list(self.head.parameters()), "lr": self.lr}]
-        trainable = [p for p in self.backbone.parameters() if p.requires_grad]
-        if trainable:
-            groups.append({"params": trainable, "lr": self.backbone_lr})
-        return torch.optim.AdamW(groups, weight_decay=self.weight_decay)
+        return head_and_backbone_optimizer(self.head, self.backbone, self.lr, self.backbone_lr, self.weight_decay)
 
 
 class ContactDataset(torch.utils.data.Dataset):
@@ -251,5 +321,6 @@ def load_head(spec_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return head, spec
 
 
-__all__ = ["HEADS", "ContactDataset", "ContactModule", "PairHead", "ResidueDataset", "ResidueModule", "WindowHead",
-           "contact_probabilities", "load_head", "residue_embeddings", "save_head"]
+__all__ = ["HEADS", "BackboneResidueModule", "ContactDataset", "ContactModule", "PairHead", "ResidueDataset",
+           "ResidueModule", "TokenResidueDataset", "WindowHead", "contact_probabilities", "load_head",
+           "residue_embeddings", "residue_features", "save_head"]

@@ -8,33 +8,42 @@ The backbone comes from ``--checkpoint`` (an export directory, an ``fm-pretrain`
 fair-esm ESM-2 ``.pt``). Heads (``*.json`` + ``*.safetensors`` written by ``fm-finetune``) come from
 ``<checkpoint>/heads`` when it exists and from every ``--heads`` file or folder. Contacts use the
 supervised ``contacts`` head when one is loaded, else the backbone's own contact regression (ESM's
-recipe, fitted by ``fm-finetune task=contacts`` or shipped in an ESM-2 ``.pt``).
+recipe, fitted by ``fm-finetune task=contacts`` or shipped in an ESM-2 ``.pt``). A regression never
+fitted (a pre-training export) would say 0.5 everywhere: contacts are then not written (a warning;
+with no secondary-structure head either, the run is refused).
 
-Writes per record ``<id>.contacts.npy`` (L x L float32 probabilities) and ``<id>.contacts.png``;
+Writes per record ``<name>.contacts.npy`` (L x L float32 probabilities) and ``<name>.contacts.png``;
+``records.tsv`` (id -> file name: ids are made file-safe, and a repeated name gets ``-2``, ``-3``...);
 ``secondary_structure.tsv`` (id, sequence, 3-state, 8-state) when a secondary-structure head is
-loaded; ``summary.json`` (records read / predicted / rejected by reason, cropped, heads used).
-Sequences longer than the backbone's ``max_length`` - 2 are cropped to it (counted). A record with
-a character outside the alphabet is an error naming file and record (``--on-invalid skip`` counts
-and skips it instead).
+loaded; ``rejected.tsv`` (record, reason); ``summary.json`` (records read / predicted / rejected by
+reason, cropped, heads used). Sequences longer than the backbone's ``max_length`` - 2 are cropped to
+it (counted). A record with a character outside the alphabet, an empty record or a repeated id is an
+error naming file and record (``--on-invalid skip`` counts, lists and skips it instead). ``--out`` is
+locked for the run: a second run into it fails at once.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bio_fm.contact import attach_contact_head, predict_contacts
+from bio_fm.contact import HEAD_NAME, predict_contacts
 from bio_fm.fasta import iter_fasta
 from bio_fm.structure import DSSP8, SS3
+from fm_core.data import ReadStats
+from fm_core.embed import HashedIdSet, validated_chunks
+from fm_core.errors import UserError
 from fm_core.export import load_pretrained
+from fm_core.locks import DirectoryLock
 from fm_core.plots import save_figure
-from fm_core.tokenizer import InvalidRecordError
+from fm_core.summary import REJECTED_FILE, print_summary, write_rejected
 from tasks.secondary_structure.task import predict_states, states_to_string
 from tasks.structure.data import Chain, backbone_features
 from tasks.structure.heads import contact_probabilities, load_head
@@ -73,75 +82,111 @@ def plot_contacts(path: Path, probs: np.ndarray, rid: str) -> None:
     save_figure(fig, path, dpi=100)
 
 
+def contact_predictor(net: Any, loaded: dict[str, tuple[torch.nn.Module, dict]]
+                      ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, str]:
+    """How contacts are predicted, and its name: the supervised ``contacts`` head when one is
+    loaded, else the backbone's contact regression when it was fitted; ``(None, why)`` when
+    neither is there (an unfitted regression says 0.5 everywhere: no prediction at all)."""
+    if "contacts" in loaded:
+        head = loaded["contacts"][0]
+        return (lambda tokens: contact_probabilities(net, head, tokens)), "supervised head"
+    if HEAD_NAME in net.heads and any(bool(p.any()) for p in net.heads[HEAD_NAME].parameters()):
+        return (lambda tokens: predict_contacts(net, tokens)), "backbone contact regression"
+    return None, ("not predicted: no contacts head, and the backbone's contact regression was never fitted "
+                  "(fit one with fm-finetune task=contacts, or use a fair-esm ESM-2 .pt)")
+
+
+def unique_name(rid: str, taken: set[str]) -> str:
+    """A file name for ``rid``: its safe form, with ``-2``, ``-3``... when another record has it."""
+    base = name = safe_name(rid)
+    k = 1
+    while name in taken:
+        k += 1
+        name = f"{base}-{k}"
+    taken.add(name)
+    return name
+
+
 @torch.no_grad()
 def predict(checkpoint: str, fasta: str, out: str, heads: list[str] | None = None, on_invalid: str = "error",
             png: bool = True) -> dict[str, Any]:
+    """Predict into ``out``, holding its lock (a second run into it fails at once)."""
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"--on-invalid must be 'error' or 'skip', got {on_invalid!r}")
+    with DirectoryLock(out, what="fm-predict-structure output"):
+        return _predict(checkpoint, fasta, Path(out), heads or [], on_invalid, png)
+
+
+def _predict(checkpoint: str, fasta: str, out_dir: Path, heads: list[str], on_invalid: str,
+             png: bool) -> dict[str, Any]:
     net, tokenizer = load_pretrained(checkpoint)
     net.eval()
-    loaded = find_heads(Path(checkpoint), heads or [])
-    contact = loaded["contacts"][0] if "contacts" in loaded else None  # the supervised PairHead
-    if contact is None:
-        attach_contact_head(net)  # the backbone's regression; unfitted (0.5 everywhere) if the export has none
+    loaded = find_heads(Path(checkpoint), heads)
+    contacts, how = contact_predictor(net, loaded)
     ss = loaded.get("secondary_structure")
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    stats, rejections = ReadStats(str(fasta)), []
+    # the whole input is checked before anything is written: a bad record leaves --out as it was
+    records = [r for chunk, _ in validated_chunks(iter_fasta(fasta), tokenizer, str(fasta), stats, HashedIdSet(),
+                                                  on_invalid=on_invalid, rejections=rejections) for r in chunk]
+    if contacts is None and not ss:
+        raise UserError(f"{checkpoint}: nothing to predict: contacts {how}; no secondary_structure head either "
+                        "(--heads)")
+    if contacts is None:
+        print(f"fm-predict-structure: warning: contacts {how}; writing secondary structure only", file=sys.stderr)
     max_res = net.config.max_length - tokenizer.num_special_added
     summary: dict[str, Any] = {"read": 0, "predicted": 0, "cropped": 0, "rejected_invalid": 0,
-                               "contacts": "supervised head" if contact else "backbone contact regression",
-                               "secondary_structure": bool(ss), "checkpoint": str(checkpoint)}
-    ss_rows = []
-    seen: set[str] = set()
-    for rid, seq in iter_fasta(fasta):
-        summary["read"] += 1
-        try:
-            ids = tokenizer.encode(seq, record=rid, source=str(fasta))
-        except InvalidRecordError:
-            if on_invalid == "error":
-                raise
-            summary["rejected_invalid"] += 1
-            continue
-        if len(ids) > max_res:
-            ids, seq = ids[:max_res], seq[:max_res]
-            summary["cropped"] += 1
-        name = safe_name(rid)
-        while name in seen:
-            name += "_"
-        seen.add(name)
+                               "contacts": how, "secondary_structure": bool(ss), "checkpoint": str(checkpoint)}
+    ss_rows, names, taken = [], [], set()
+    for rid, ids in records:
+        cropped = len(ids) > max_res
+        ids = ids[:max_res]
+        seq = tokenizer.decode(ids)
+        summary["cropped"] += cropped
+        name = unique_name(rid, taken)
+        names.append((rid, name, len(ids), cropped))
         tokens = torch.as_tensor(tokenizer.add_special_tokens(ids))[None]
-        probs = (contact_probabilities(net, contact, tokens) if contact else predict_contacts(net, tokens))[0].float().numpy()
-        np.save(out_dir / f"{name}.contacts.npy", probs.astype(np.float32))
-        if png:
-            plot_contacts(out_dir / f"{name}.contacts.png", probs, rid)
+        if contacts is not None:
+            probs = contacts(tokens)[0].float().numpy()
+            np.save(out_dir / f"{name}.contacts.npy", probs.astype(np.float32))
+            if png:
+                plot_contacts(out_dir / f"{name}.contacts.png", probs, rid)
         if ss:
             chain = Chain(rid, seq, np.asarray(ids), np.zeros((len(ids), 3), np.float32), "", "", None)
             feats = backbone_features(net, tokenizer, chain, layers=ss[1].get("repr_layers", [-1]))["embeddings"]
             y3, y8 = predict_states(ss[0], feats)
             ss_rows.append((rid, seq, states_to_string(y3, SS3), states_to_string(y8, DSSP8)))
-        summary["predicted"] += 1
-    if summary["read"] != summary["predicted"] + summary["rejected_invalid"]:
-        raise AssertionError("records read != predicted + rejected")
-    if ss:
-        with open(out_dir / "secondary_structure.tsv", "w") as fh:
-            fh.write("id\tsequence\tss3\tss8\n")
-            fh.writelines("\t".join(r) + "\n" for r in ss_rows)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    print(out_dir / "summary.json")
+    stats.check()
+    summary.update(read=stats.read, predicted=stats.kept,
+                   **{f"rejected_{why}": n for why, n in sorted(stats.rejected.items())})
+    _write_tables(out_dir, names, ss_rows if ss else None, rejections, summary)
+    print_summary("fm-predict-structure", stats.read, stats.kept, stats.rejected, out_dir / REJECTED_FILE,
+                  kept_word="predicted")
     return summary
 
 
+def _write_tables(out_dir: Path, names: list[tuple[str, str, int, bool]], ss_rows: list[tuple[str, ...]] | None,
+                  rejections: list[tuple[str, str, str]], summary: dict[str, Any]) -> None:
+    """``records.tsv`` (id -> file name, residues, cropped: the mapping of renamed ids),
+    ``secondary_structure.tsv``, ``rejected.tsv`` and ``summary.json``."""
+    with open(out_dir / "records.tsv", "w", encoding="utf-8") as fh:
+        fh.write("id\tfile\tresidues\tcropped\n")
+        fh.writelines(f"{rid}\t{name}\t{n}\t{int(cropped)}\n" for rid, name, n, cropped in names)
+    if ss_rows is not None:
+        with open(out_dir / "secondary_structure.tsv", "w") as fh:
+            fh.write("id\tsequence\tss3\tss8\n")
+            fh.writelines("\t".join(r) + "\n" for r in ss_rows)
+    write_rejected(out_dir / REJECTED_FILE, rejections)
+    summary["renamed"] = sum(rid != name for rid, name, _, _ in names)
+    summary["files"] = {"records": "records.tsv", "rejected": REJECTED_FILE}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    print(out_dir / "summary.json")
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="fm-predict-structure", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="export dir, fm-pretrain .ckpt or fair-esm ESM-2 .pt")
-    p.add_argument("--fasta", required=True)
-    p.add_argument("--out", default="structure_predictions")
-    p.add_argument("--heads", nargs="*", default=[], help="head .json files or folders (from fm-finetune exports)")
-    p.add_argument("--on-invalid", choices=("error", "skip"), default="error")
-    p.add_argument("--no-png", dest="png", action="store_false")
-    a = p.parse_args(argv)
-    predict(a.checkpoint, a.fasta, a.out, a.heads, a.on_invalid, a.png)
+    """``fm-predict-structure`` (its command line lives in ``tasks.structure.cli``)."""
+    from tasks.structure.cli import main as cli_main
+
+    cli_main(argv)
 
 
 if __name__ == "__main__":

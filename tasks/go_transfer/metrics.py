@@ -1,0 +1,62 @@
+"""CAFA's protein-centric Fmax (Radivojac et al. 2013; Jiang et al. 2016), per ontology.
+
+For a threshold ``t``, a protein's predicted terms are those scored ``>= t``. Precision is averaged
+over the ``m(t)`` proteins with at least one predicted term, recall over all ``n`` benchmark
+proteins (a protein without predictions has recall 0); ``F(t) = 2 p r / (p + r)`` and ``Fmax`` is
+its maximum over the thresholds (CAFA: 0.01 to 1.00 in steps of 0.01). Coverage is ``m(t*) / n`` at
+the best threshold. Both the truth and the predictions are propagated to the ancestors (and the
+root removed) before scoring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Prediction = dict[str, float]  # term -> score in [0, 1]
+
+
+def cafa_thresholds(steps: int) -> np.ndarray:
+    """``1/steps, 2/steps, ..., 1`` (CAFA: ``steps=100``)."""
+    return np.arange(1, steps + 1, dtype=np.float64) / steps
+
+
+def fmax(truth: Sequence[set[str]], predictions: Sequence[Prediction], thresholds: np.ndarray) -> dict[str, float]:
+    """Protein-centric Fmax of ``predictions`` against ``truth`` (one entry per benchmark protein,
+    each with at least one true term): ``fmax``, its ``threshold``, ``coverage``, ``precision``,
+    ``recall`` there; all 0 when nothing is predicted at any threshold."""
+    if len(truth) != len(predictions):
+        raise ValueError(f"{len(truth)} true annotation sets but {len(predictions)} predictions")
+    if not truth:
+        raise ValueError("Fmax of an empty benchmark")
+    if any(not t for t in truth):
+        raise ValueError("every benchmark protein needs at least one true term")
+    thr = np.asarray(thresholds, dtype=np.float64) - 1e-9  # a score equal to a threshold counts
+    n_pred = np.zeros((len(truth), len(thr)), np.int64)
+    n_true_pos = np.zeros_like(n_pred)
+    for k, (true, pred) in enumerate(zip(truth, predictions, strict=True)):
+        if not pred:
+            continue
+        scores = np.fromiter(pred.values(), np.float64, len(pred))
+        hit = np.fromiter((t in true for t in pred), bool, len(pred))
+        order = np.argsort(scores)
+        s, h = scores[order], hit[order]
+        above = len(s) - np.searchsorted(s, thr, side="left")  # terms scored >= t
+        hits_cum = np.concatenate([[0], np.cumsum(h[::-1])])  # hits among the top j terms
+        n_pred[k], n_true_pos[k] = above, hits_cum[above]
+    sizes = np.array([len(t) for t in truth], np.float64)[:, None]
+    covered = n_pred > 0
+    m = covered.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(m > 0, (np.where(covered, n_true_pos / np.maximum(n_pred, 1), 0)).sum(0) / np.maximum(m, 1), 0.0)
+        recall = (n_true_pos / sizes).mean(0)
+        f = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    best = int(np.argmax(f))
+    if f[best] <= 0:
+        return {"fmax": 0.0, "threshold": float("nan"), "coverage": 0.0, "precision": 0.0, "recall": 0.0}
+    return {"fmax": float(f[best]), "threshold": float(thresholds[best]), "coverage": float(m[best] / len(truth)),
+            "precision": float(precision[best]), "recall": float(recall[best])}
+
+
+__all__ = ["Prediction", "cafa_thresholds", "fmax"]
