@@ -269,10 +269,7 @@ def stage_shards(tmp: Path, cfg: CodePrepConfig, files: list[dict[str, Any]], sp
 
 @common.locks_out
 def prepare(cfg: CodePrepConfig) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    params = {k: v for k, v in asdict(cfg).items() if k != "out"}
-    stages = common.Stages(out, {"kind": "code", **params}, modules=("data_prep.code", "code_fm.bpe", "fm_core.shards"))
+    out, stages = common.open_stages(cfg, "code", ("data_prep.code", "code_fm.bpe", "fm_core.shards"))
     sc = stages.run("scan", lambda t: stage_scan(t, cfg), depends=common.input_signature([Path(p) for p in [*cfg.inputs, *cfg.exclude]]))
     files = json.loads((stages.dir("scan") / "files.json").read_text())
     sp = stages.run("split", lambda t: stage_split(t, cfg, files))

@@ -11,6 +11,7 @@ byte-identical files, whose SHA-256 the manifest lists.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -209,6 +210,15 @@ def length_rejection(n: int, min_length: int, max_length: int | None) -> str | N
     if max_length is not None and n > max_length:
         return "too_long"
     return None
+
+
+def open_stages(cfg: Any, kind: str, modules: tuple[str, ...], ignore: tuple[str, ...] = ("out",)) -> tuple[Path, Stages]:
+    """The output directory of a prep config (created) and its resumable stages, fingerprinted by
+    every field of ``cfg`` but ``ignore`` (paths and thread counts that do not change the result)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}
+    return out, Stages(out, {"kind": kind, **params}, modules=modules)
 
 
 def finish(out: Path, manifest: dict[str, Any], counts: Counts, what: str, stages: Stages) -> dict[str, Any]:

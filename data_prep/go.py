@@ -284,11 +284,8 @@ def stage_write(tmp: Path, unique: Path, split: np.ndarray, clusters: np.ndarray
 
 @common.locks_out
 def prepare(cfg: GoPrepConfig) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, stages = common.open_stages(cfg, "go", ("data_prep.go", "data_prep.blastdb"), ignore=("out", "threads"))
     paths = layout(Path(cfg.input))
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}
-    stages = common.Stages(out, {"kind": "go", **params}, modules=("data_prep.go", "data_prep.blastdb"))
     files = [paths["graph"], *([paths["annotations"]] if isinstance(paths["annotations"], Path)
                                else paths["annotations"].values()), *(Path(f"{p}.psq") if f == "blastdb" else p
                                                                       for f, p in paths["sequences"])]

@@ -385,10 +385,7 @@ def prepare(cfg: MoleculePrepConfig) -> dict[str, Any]:
     src = csv_source(cfg) if cfg.source == "csv" else SOURCES[cfg.source]
     given = [f for f in (cfg.train, cfg.valid, cfg.test) if f]
     paths = source_files(src, cfg.source, given or cfg.inputs)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    params = {k: v for k, v in asdict(cfg).items() if k != "out"}
-    stages = common.Stages(out, {"kind": "molecules", **params}, modules=("data_prep.molecules",))
+    out, stages = common.open_stages(cfg, "molecules", ("data_prep.molecules",))
     r = stages.run("read", lambda t: stage_read(t, cfg, src, paths), depends=common.input_signature(paths))
     names = ["molecules.parquet", "rejects.csv", "conflicts.csv"]
     s = stages.run("split", lambda t: stage_split(t, cfg, stages.dir("read") / "molecules.arrow"),

@@ -241,11 +241,9 @@ def _i64():
 
 @common.locks_out
 def prepare(cfg: ProteinPrepConfig) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out, stages = common.open_stages(cfg, "protein", ("data_prep.protein", "data_prep.blastdb", "fm_core.shards"),
+                                     ignore=("out", "threads", "inputs"))
     inputs = expand_inputs(cfg.inputs)
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads", "inputs")}
-    stages = common.Stages(out, {"kind": "protein", **params}, modules=("data_prep.protein", "data_prep.blastdb", "fm_core.shards"))
     sig = common.input_signature([p for _, p in inputs])
     u = stages.run("unique", lambda t: stage_unique(t, cfg, inputs), depends=sig)
     unique_fa = stages.dir("unique") / "unique.fa"

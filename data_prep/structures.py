@@ -391,10 +391,8 @@ def stage_shards(tmp: Path, cfg: StructurePrepConfig, chains: Path, clusters: np
 
 @common.locks_out
 def prepare(cfg: StructurePrepConfig) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("out", "threads")}
-    stages = common.Stages(out, {"kind": "structures", **params}, modules=("data_prep.structures", "bio_fm.structure", "fm_core.shards"))
+    out, stages = common.open_stages(cfg, "structures", ("data_prep.structures", "bio_fm.structure", "fm_core.shards"),
+                                     ignore=("out", "threads"))
     r = stages.run("read", lambda t: stage_read(t, cfg), depends=common.input_signature([Path(cfg.input)]))
     fasta, chains = stages.dir("read") / "chains.fa", stages.dir("read") / "chains.arrow"
     c = stages.run("cluster", lambda t: stage_cluster(t, cfg, fasta, r["chains"]))
