@@ -11,7 +11,6 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -82,14 +81,15 @@ HELP_EXPECT = {
 
 @pytest.mark.parametrize("tool", CLIS)
 def test_help_is_fast_and_helps(tool):
-    start = time.perf_counter()
-    proc = run(tool, "--help")
-    seconds = time.perf_counter() - start
+    # fast by construction, not by a stopwatch (timings live in bench/cli_startup.py): --help imports
+    # neither torch nor Lightning nor Hydra, read off Python's own import log
+    proc = run(tool, "--help", env={**ENV, "PYTHONPROFILEIMPORTTIME": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     for text in HELP_EXPECT[tool]:
         assert text in proc.stdout, (text, proc.stdout[:3000])
     assert "Traceback" not in proc.stderr
-    assert seconds < 15, seconds  # torch alone takes longer than this on a loaded machine (bench: < 2 s)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert imported and not imported & {"torch", "lightning", "hydra", "wandb"}, sorted(imported & {"torch", "lightning"})
 
 
 def test_finetune_help_shows_only_its_groups_and_a_picked_task():
@@ -137,11 +137,9 @@ FAST_IDS = [f"{i:02d}-{tool}" for i, (tool, *_rest) in enumerate(fast_cases({k: 
 def test_argument_mistakes(files, case):
     tool, args, named = fast_cases(files)[case]
     before = sorted(p.name for p in files["dir"].iterdir())
-    start = time.perf_counter()
     proc = run(tool, *args, cwd=files["dir"])
     assert_user_error(proc, *named)
     assert len([line for line in proc.stderr.splitlines() if "error:" in line]) == 1, proc.stderr
-    assert time.perf_counter() - start < 15
     assert sorted(p.name for p in files["dir"].iterdir()) == before  # nothing written
 
 
