@@ -144,7 +144,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         close_loggers(trainer)
         return stored
     # the final state, for resuming with more steps or fine-tuning (atomic and hashed like all checkpoints)
-    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)  # with optimizer state
+    trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     final = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     # every rank counted its own tokens: the run's total is their sum (a no-op on one process)
     tokens_seen = int(trainer.strategy.reduce(torch.tensor(float(module.tokens_seen)), reduce_op="sum"))
