@@ -128,7 +128,9 @@ def exit_with(tool: str, work: Callable[[], int], *, resumes: bool = False) -> N
 def argparse_main(tool: str, parser: argparse.ArgumentParser, target: str, argv: list[str] | None) -> NoReturn:
     """The console command of an argparse CLI: parse (fast: the parser's module imports nothing
     heavy), then import `target` ("module:function", called with the parsed arguments, returning
-    the exit code or None) and run it behind the one error path."""
+    the exit code or None) and run it behind the one error path. ``--debug`` is added here, once
+    for every such CLI."""
+    parser.add_argument("--debug", action="store_true", help="show tracebacks (also FM_DEBUG=1)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     module, _, name = target.partition(":")
     exit_with(tool, lambda: getattr(importlib.import_module(module), name)(args) or 0)

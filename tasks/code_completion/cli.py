@@ -38,7 +38,6 @@ def parser() -> argparse.ArgumentParser:
                    help="line mode, greedy: let the model choose between its own line and the line retrieved from "
                         "earlier in the file (tasks.code_completion.retrieval, with the gate the task exported); the text "
                         "after the cursor is not used")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 

@@ -34,7 +34,6 @@ def parser() -> argparse.ArgumentParser:
                    help="score the largest fragment of salts/mixtures (default: the scorer's training policy)")
     p.add_argument("--keep-fragments", dest="largest_fragment", action="store_const", const=False,
                    help="score every fragment as given (default: the scorer's training policy)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 

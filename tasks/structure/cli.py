@@ -30,7 +30,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--on-invalid", choices=("error", "skip"), default="error",
                    help="a record with a character outside the alphabet: stop (default) or skip and count it")
     p.add_argument("--no-png", dest="png", action="store_false", help="do not draw the contact maps")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
