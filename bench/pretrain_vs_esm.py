@@ -4,13 +4,18 @@
     python bench/pretrain_vs_esm.py --quick         # fewer batches and rounds (a smoke run)
     python bench/pretrain_vs_esm.py --ablations     # add bf16 padded, bf16 with bf16 attention
     python bench/pretrain_vs_esm.py --compile       # add torch.compile'd variants
+    python bench/pretrain_vs_esm.py --device cuda --size esm2_150m --max-tokens 32768   # a GPU (bf16 peers)
+    python bench/gpu_check.py                       # the one-command GPU check (150M and 650M)
 
 Identical inputs: real proteins from the embedded UniProt slice, cut into batches by our token-budget
 sampler (length-bucketed, so fair-esm's padded batches waste < 1%; batches picked at evenly spaced
 length quantiles), cropped at 1,024 tokens and masked once (15%, 80/10/10). fair-esm gets the padded
 batches, our packed variants the very same samples packed into one row. Same optimiser: torch AdamW
 (ESM-2's betas 0.9/0.98, eps 1e-8, weight decay 0.01); fair-esm has no training loop, so its step
-is the natural one: full logits, cross-entropy on the masked positions.
+is the natural one: full logits, cross-entropy on the masked positions. transformers'
+``EsmForMaskedLM`` (SDPA attention, the same weights through ``bio_fm.hf_esm``) trains the way its
+users do: ``model(input_ids, attention_mask, labels=...).loss``. ``--peer-dtype bf16`` (the default
+on CUDA) runs both peers under the same bf16 autocast as ours.
 
 Throughput counts real (non-padding) tokens. MFU = model FLOPs (the same formula for every variant:
 6 x tokens x matmul weights + 12 x layers x D x sum(L_i^2) attention + the LM head on masked
@@ -64,17 +69,48 @@ def model_flops(cfg: EncoderConfig, seq_lens: list[list[int]], n_masked: int, tr
 
 
 class EsmTrain:
-    def __init__(self, ref, batches):
-        self.ref, self.opt, self.batches = ref.train(), adamw(ref.parameters()), batches
+    def __init__(self, ref, batches, bf16: bool = False):
+        self.ref, self.opt, self.batches, self.bf16 = ref.train(), adamw(ref.parameters()), batches, bf16
 
     def __call__(self) -> None:
         for b in self.batches:
-            logits = self.ref(b["input_ids"])["logits"]  # (B, L, V): fair-esm always runs the head
-            loss = F.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), ignore_index=IGNORE)
+            with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.ref(b["input_ids"])["logits"]  # (B, L, V): fair-esm always runs the head
+            loss = F.cross_entropy(logits.float().flatten(0, 1), b["labels"].flatten(), ignore_index=IGNORE)
             loss.backward()
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
         sync()
+
+
+class HfTrain:
+    """transformers' EsmForMaskedLM: ``model(input_ids, attention_mask, labels).loss`` (full logits)."""
+
+    def __init__(self, hf, batches, pad_id: int, bf16: bool):
+        self.hf, self.opt, self.batches, self.pad_id, self.bf16 = hf.train(), adamw(hf.parameters()), batches, pad_id, bf16
+
+    def __call__(self) -> None:
+        for b in self.batches:
+            with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.hf(input_ids=b["input_ids"], attention_mask=b["input_ids"].ne(self.pad_id).long(),
+                               labels=b["labels"]).loss
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        sync()
+
+
+def random_hf_mlm(net: MaskedLM, directory: Path):
+    """transformers' EsmForMaskedLM carrying ``net``'s very weights (written by bio_fm.hf_esm), SDPA."""
+    from transformers import EsmForMaskedLM
+    from transformers import logging as hf_logging
+
+    from bio_fm.alphabet import ProteinAlphabet
+    from bio_fm.hf_esm import save_hf_esm
+
+    hf_logging.set_verbosity_error()
+    save_hf_esm(net, ProteinAlphabet(), directory, card={})
+    return EsmForMaskedLM.from_pretrained(directory, local_files_only=True, attn_implementation="sdpa")
 
 
 class OursTrain:
@@ -126,7 +162,7 @@ class OursEmbed:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="esm2_8m", choices=[s for s in SIZES if s.startswith("esm2")] + ["mini"])
+    ap.add_argument("--size", default="esm2_8m", choices=[s for s in SIZES if s.startswith("esm2")] + ["mini", "tiny"])
     ap.add_argument("--max-tokens", type=int, default=4096, help="token budget per batch (padded size)")
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
@@ -137,6 +173,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (a GPU run: tokens/s and MFU for the README)")
     ap.add_argument("--compile", action="store_true", help="add torch.compile'd variants (slow to compile)")
     ap.add_argument("--skip", nargs="*", default=[], help="variant names to leave out")
+    ap.add_argument("--peer-dtype", choices=["fp32", "bf16"], default=None,
+                    help="compute dtype of fair-esm and transformers (default: bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--no-transformers", action="store_true", help="leave out the transformers training peer")
+    ap.add_argument("--workdir", default="/tmp/fm_pretrain_vs_esm", help="where the transformers copy is written")
     ap.add_argument("--out", default=None, help="JSON path (default bench/pretrain_vs_esm.json)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -166,14 +206,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 layer.compile(dynamic=True)
         return net
 
+    peer_bf16 = (args.peer_dtype or ("bf16" if DEVICE.type == "cuda" else "fp32")) == "bf16"
+    peer_tag = "bf16" if peer_bf16 else "fp32"
     ref = ref.to(DEVICE)
     padded, packed = to_device(data["padded"]), to_device(data["packed"])
     train = {
-        "esm (fp32, padded)": EsmTrain(copy.deepcopy(ref), padded),
+        f"esm ({peer_tag}, padded)": EsmTrain(copy.deepcopy(ref), padded, bf16=peer_bf16),
         "ours fp32 padded": OursTrain(ours(), padded, bf16=False),
         "ours fp32 packed": OursTrain(ours(), packed, bf16=False),
         "ours bf16 packed": OursTrain(ours(), packed, bf16=True),
     }
+    if not args.no_transformers:
+        hf = random_hf_mlm(base, Path(args.workdir) / f"hf_{args.size}").to(DEVICE)
+        train[f"transformers sdpa ({peer_tag}, padded)"] = HfTrain(hf, padded, tok.pad_id, bf16=peer_bf16)
     if args.ablations:  # what the CPU fp32-attention choice and packing gain under bf16
         train["ours bf16 packed, bf16 attention"] = OursTrain(ours(cpu_attention_fp32=False), packed, bf16=True)
         train["ours bf16 padded"] = OursTrain(ours(), padded, bf16=True)
@@ -220,8 +265,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             secs = median(times[name])
             tps = data["real_tokens"] / secs
             per_round = [r / o for r, o in zip(times[ref_name], times[name], strict=True)]
+            hf_name = next((n for n in table if n.startswith("transformers")), None)
             entry = {"seconds_rounds": times[name], "tokens_per_s": tps,
                      "ratio_to_esm": median(times[ref_name]) / secs, "ratio_per_round_median": median(per_round),
+                     **({"ratio_to_transformers": median(times[hf_name]) / secs} if hf_name else {}),
                      "mfu_vs_fp32_peak": flops / secs / 1e9 / peak32, "mfu_vs_bf16_peak": flops / secs / 1e9 / peak16}
             result[kind][name] = entry
             rows.append([name, round(tps), entry["ratio_to_esm"], f"{100 * entry['mfu_vs_fp32_peak']:.0f}%",

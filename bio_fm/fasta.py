@@ -10,7 +10,7 @@ from typing import Literal
 
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from fm_core.data import ReadStats, SequenceDataset
+from fm_core.batching import ReadStats, SequenceDataset
 from fm_core.errors import InputFileError
 from fm_core.textio import gunzipped, open_text, text_stream
 from fm_core.tokenizer import InvalidRecordError, Tokenizer

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bio_fm.alphabet import STANDARD
-from fm_core.data import ReadStats
+from fm_core.batching import ReadStats
 from fm_core.embed import DTYPES, HashedIdSet, peak_rss_mb, validated_chunks
 from fm_core.locks import DirectoryLock
 from fm_core.scoring import MaskedMarginals, pseudo_log_likelihood
@@ -190,7 +190,7 @@ def _score(cfg: Any) -> dict[str, Any]:
     from hydra.utils import instantiate
     from tqdm.auto import tqdm
 
-    from fm_core.train import write_metrics
+    from fm_core.summary import write_metrics
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

@@ -81,7 +81,7 @@ def build_index(cfg: DictConfig) -> dict[str, Any]:
     """The ``fm-index`` job (config ``index.yaml``)."""
     from tqdm.auto import tqdm
 
-    from fm_core.train import write_metrics
+    from fm_core.summary import write_metrics
 
     out = Path(cfg.out)
     if (cfg.input is None) == (not cfg.embeddings):
@@ -232,7 +232,7 @@ def _database(index: Index, cfg: DictConfig) -> Path:
 
 def search(cfg: DictConfig) -> dict[str, Any]:
     """The ``fm-search`` job (config ``search.yaml``)."""
-    from fm_core.train import write_metrics
+    from fm_core.summary import write_metrics
 
     if cfg.mode not in MODES:
         raise UserError(f"fm-search: mode={cfg.mode!r}: choose one of {', '.join(MODES)}")

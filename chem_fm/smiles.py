@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from fm_core.data import ReadStats, SequenceDataset
+from fm_core.batching import ReadStats, SequenceDataset
 from fm_core.textio import open_text
 from fm_core.tokenizer import InvalidRecordError, TokenizerBase, register_tokenizer
 

@@ -10,12 +10,10 @@ import hashlib
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins import TorchCheckpointIO
 
 from fm_core.errors import UserError
 
@@ -183,21 +181,11 @@ def find_resume_checkpoint(directory: str | Path) -> Path | None:
     return None
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning ``CheckpointIO``: atomic, hashed saves (``atomic_torch_save``) and loads that
-    verify the sidecar and never unpickle code (``torch.load(weights_only=True)``)."""
+def __getattr__(name: str) -> Any:
+    # the Lightning plugin lives in fm_core.checkpoint_io: importing Lightning costs ~8 CPU-s, which
+    # the inference paths (fm-embed, scoring) that only read checkpoints should not pay
+    if name == "AtomicCheckpointIO":
+        from fm_core.checkpoint_io import AtomicCheckpointIO
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options")
-        info = {"global_step": int(checkpoint.get("global_step", -1)), "epoch": int(checkpoint.get("epoch", -1)),
-                "written_ns": time.time_ns()}
-        atomic_torch_save(checkpoint, path, info)
-
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        verify_checkpoint(path)
-        return safe_torch_load(path)
-
-    def remove_checkpoint(self, path) -> None:
-        Path(path).unlink(missing_ok=True)
-        sidecar_path(path).unlink(missing_ok=True)
+        return AtomicCheckpointIO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from fm_core.data import ReadStats, TokenBudgetBatchSampler
+from fm_core.batching import ReadStats, TokenBudgetBatchSampler
 from fm_core.locks import DirectoryLock
 from fm_core.model import MaskedLM
 from fm_core.padding import pad_batch
@@ -44,6 +44,8 @@ from fm_core.tokenizer import InvalidRecordError, Tokenizer
 log = logging.getLogger(__name__)
 FORMAT = "fm-embed/1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# precision -> compute dtype of everything that is not a quantised linear layer
+PRECISIONS = {**DTYPES, "int8": torch.float32}
 
 
 def plan_windows(n: int, width: int, overlap: int) -> list[tuple[int, int, int, int]]:
@@ -81,8 +83,8 @@ class Embedder:
         bad = [x for x in self.layers if not 0 <= x <= cfg.num_layers]
         if bad or not self.layers:
             raise ValueError(f"layers {list(layers)}: the model has layers 0..{cfg.num_layers} (-1 = last)")
-        if precision not in DTYPES:
-            raise ValueError(f"precision {precision!r}: choose one of {sorted(DTYPES)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
         self.tok = tokenizer
         probe_id = int(tokenizer.random_ids[0])
         probe = tokenizer.add_special_tokens(np.array([probe_id], dtype=np.int64))
@@ -100,8 +102,15 @@ class Embedder:
         self.max_tokens, self.max_batch_size = max_tokens, max_batch_size
         self.per_residue = per_residue
         self.device = torch.device(device)
-        self.dtype = DTYPES[precision]
+        self.dtype = PRECISIONS[precision]
         self.net = net.eval().to(self.device, self.dtype)
+        self.encoder = self.net.encoder
+        if precision == "int8":  # linear layers in int8 (a quantised copy; fm_core.quant)
+            if self.device.type != "cpu":
+                raise ValueError(f"precision int8 runs on the CPU only, not on {self.device}")
+            from fm_core.quant import quantize_encoder_int8
+
+            self.encoder = quantize_encoder_int8(self.net.encoder)
         self.dim = cfg.embed_dim
 
     def _tokens(self, arrays: list[np.ndarray]) -> torch.Tensor:
@@ -126,7 +135,7 @@ class Embedder:
         for batch in sampler:
             idx = [i for i, _ in batch]
             tokens = self._tokens([records[samples[i][0]][1][samples[i][1] : samples[i][2]] for i in idx])
-            reps = self.net.encoder(tokens, repr_layers=self.layers)["representations"]
+            reps = self.encoder(tokens, repr_layers=self.layers)["representations"]
             for layer in self.layers:
                 rep = reps[layer].float().cpu()  # (B, L, D)
                 for row, i in enumerate(idx):
@@ -414,6 +423,7 @@ def run_embedding(stream: Any, source: str, net: MaskedLM, tokenizer: Tokenizer,
         stats.kept = store.state["embedded"]
         stats.rejected.update(store.state["rejected"])
         new_shards, started, finished = 0, time.perf_counter(), store.state["finished"]
+        started_cpu = time.process_time()
         total = getattr(stream, "total_bytes", None)
         bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress or finished,
                    desc=f"fm-embed {Path(source).name}")
@@ -448,7 +458,7 @@ def run_embedding(stream: Any, source: str, net: MaskedLM, tokenizer: Tokenizer,
                 store.finish()
         bar.close()
         stats.check()
-        return _metrics(store, stats, time.perf_counter() - started)
+        return _metrics(store, stats, time.perf_counter() - started, time.process_time() - started_cpu)
 
 
 def model_fingerprint(net: torch.nn.Module) -> str:
@@ -473,7 +483,8 @@ def _write_manifest(out_dir: Path, embedder: Embedder, net: MaskedLM, sig: dict[
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
-def _metrics(store: ShardStore, stats: ReadStats, this_run_seconds: float) -> dict[str, Any]:
+def _metrics(store: ShardStore, stats: ReadStats, this_run_seconds: float, this_run_cpu_seconds: float
+             ) -> dict[str, Any]:
     state = store.state
     metrics: dict[str, Any] = {f"data/{k}": v for k, v in stats.as_dict("records").items()}
     metrics.update({
@@ -486,6 +497,7 @@ def _metrics(store: ShardStore, stats: ReadStats, this_run_seconds: float) -> di
         "embed/sequences_per_second": state["embedded"] / max(state["seconds"], 1e-9),
         "embed/residues_per_second": state["residues"] / max(state["seconds"], 1e-9),
         "embed/this_run_seconds": this_run_seconds,
+        "embed/this_run_cpu_seconds": this_run_cpu_seconds,  # all threads of this process (time.process_time)
         "embed/peak_rss_mb": peak_rss_mb(),
         "embed/resumed": store.resumed,
     })
@@ -498,7 +510,7 @@ def embed(cfg: Any) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from fm_core.export import load_pretrained
-    from fm_core.train import write_metrics
+    from fm_core.summary import write_metrics
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))

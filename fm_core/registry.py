@@ -27,14 +27,18 @@ class UnknownKindError(UserError, ValueError):
     """A name (read from a file or a config) that no installed package registers."""
 
 
-def load_plugins() -> bool:
+def load_plugins(until: Callable[[], bool] | None = None) -> bool:
     """Import every installed ``fm_toolkit.plugins`` entry point not imported yet, so that what they
-    register becomes known. Returns whether any was imported. A plugin that fails to import is
-    reported and skipped (its kinds stay unknown)."""
+    register becomes known; with ``until``, stop as soon as it holds (a lookup imports only the
+    plugins up to the one that registers its name: loading a protein model does not import the
+    chemistry stack). Returns whether any was imported. A plugin that fails to import is reported
+    and skipped (its kinds stay unknown)."""
     loaded = False
     for ep in entry_points(group=PLUGIN_GROUP):
         if ep.name in _loaded_plugins:
             continue
+        if until is not None and until():
+            break
         _loaded_plugins.add(ep.name)
         try:
             ep.load()
@@ -71,7 +75,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._items:
-            load_plugins()
+            load_plugins(until=lambda: name in self._items)
         if name not in self._items:
             raise UnknownKindError(
                 f"unknown {self.what} {name!r}: refused (known: {', '.join(sorted(self._items)) or 'none'}; "
@@ -82,7 +86,7 @@ class Registry(Generic[T]):
     def first(self, accepts: Callable[[T], bool]) -> T | None:
         """The first registered item ``accepts``; the plugins are imported when none does."""
         found = next((item for item in self.values() if accepts(item)), None)
-        if found is None and load_plugins():
+        if found is None and load_plugins(until=lambda: any(accepts(item) for item in self.values())):
             found = next((item for item in self.values() if accepts(item)), None)
         return found
 

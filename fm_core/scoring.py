@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from fm_core.data import TokenBudgetBatchSampler
+from fm_core.batching import TokenBudgetBatchSampler
 from fm_core.model import MaskedLM
 from fm_core.padding import pad_batch
 from fm_core.tokenizer import Tokenizer

@@ -3,9 +3,11 @@ and the file that lists the rejected records (``rejected.tsv``: record, reason, 
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 REJECTED_FILE = "rejected.tsv"
 REJECTED_HEADER = "record\treason\tdetail\n"
@@ -50,3 +52,17 @@ def print_summary(*args, **kwargs) -> str:
     line = summary_line(*args, **kwargs)
     print(line, file=sys.stderr, flush=True)
     return line
+
+
+def write_metrics(run_dir: str | Path, metrics: Mapping[str, Any]) -> Path:
+    """``metrics.json``: flat keys, plain numbers/strings (a 0-d tensor as its value); printed so
+    scripts can find it."""
+    import torch
+
+    path = Path(run_dir) / "metrics.json"
+    plain = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(plain, indent=2, sort_keys=True))
+    tmp.replace(path)
+    print(f"metrics: {path}")
+    return path

@@ -37,7 +37,7 @@ import torch
 from bio_fm.contact import HEAD_NAME, predict_contacts
 from bio_fm.fasta import iter_fasta
 from bio_fm.structure import DSSP8, SS3
-from fm_core.data import ReadStats
+from fm_core.batching import ReadStats
 from fm_core.embed import HashedIdSet, validated_chunks
 from fm_core.errors import UserError
 from fm_core.export import load_pretrained

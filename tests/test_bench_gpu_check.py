@@ -1,0 +1,48 @@
+"""bench/gpu_check.py passes its CPU dry run (what runs as is on a GPU machine), and its FLOP count
+is the one the benches share."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench_modules():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gpu_check
+        import pretrain_vs_esm
+
+        yield gpu_check, pretrain_vs_esm
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_model_flops_golden(bench_modules):
+    _, pve = bench_modules
+    from fm_core.config import EncoderConfig
+
+    cfg = EncoderConfig.from_name("tiny", vocab_size=33, pad_id=1, mask_id=32)  # 2 layers, D 64, F 256
+    weights = 2 * (4 * 64 * 64 + 2 * 64 * 256)  # 98,304 matmul weights
+    fwd = 2 * 30 * weights + 4 * 2 * 64 * (10 * 10 + 20 * 20) + 2 * 5 * (64 * 64 + 64 * 33)
+    assert pve.model_flops(cfg, [[10, 20]], n_masked=5, train=True) == 3 * fwd
+    assert pve.model_flops(cfg, [[10, 20]], n_masked=5, train=False) == 2 * 30 * weights + 4 * 2 * 64 * 500
+
+
+def test_gpu_check_cpu_dry_run(bench_modules, tmp_path):
+    gpu_check, _ = bench_modules
+    out = tmp_path / "gpu_check.json"
+    result = gpu_check.main(["--dry-run", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["device"] == "cpu" and saved["skipped"] == [] and saved["peak_fp32_gflops"] > 0
+    variants = saved["sizes"]["tiny"]
+    assert set(variants) == {"real_tokens", "ours packed", "ours padded", "transformers", "fair-esm"}
+    for name in ("ours packed", "ours padded", "transformers", "fair-esm"):
+        log = variants[name]["log"]
+        assert [x["step"] for x in log] == [1, 2]  # logged every step in the dry run
+        assert all(x["tokens_per_s"] > 0 and 0 < x["mfu"] < 1 for x in log)
+    assert result["sizes"]["tiny"]["real_tokens"] == variants["real_tokens"] > 0
