@@ -29,7 +29,10 @@ CASES = {
     "fm-predict-structure": ["--fasta", "x.fa"],
     "fm-complete": ["--line", "x"],
     "fm-score": [],
+    "fm-report": [],
 }
+# fm-prep's kinds each build their own parser (its module imported for the arguments)
+PREP_KINDS = {kind: ["--no-such-flag"] for kind in ("protein", "structures", "molecules", "code", "go")}
 
 
 def _child_cpu() -> float:
@@ -58,10 +61,11 @@ def main() -> None:
     p.add_argument("--out", default=str(Path(__file__).with_suffix(".json")))
     args = p.parse_args()
     rows = {}
-    for tool, mistake in CASES.items():
-        exe = str(BIN / tool)
-        rows[tool] = {"help": median_of([exe, "--help"], args.runs),
-                      "argument_error": median_of([exe, *mistake], args.runs)}
+    commands = [(tool, [str(BIN / tool)], mistake) for tool, mistake in CASES.items()]
+    commands += [(f"fm-prep {kind}", [str(BIN / "fm-prep"), kind], mistake) for kind, mistake in PREP_KINDS.items()]
+    for name, base, mistake in commands:
+        rows[name] = {"help": median_of([*base, "--help"], args.runs),
+                      "argument_error": median_of([*base, *mistake], args.runs)}
     peer = median_of([sys.executable, "-c", "import torch"], args.runs)
     worst = max(max(r["help"]["median_s"], r["argument_error"]["median_s"]) for r in rows.values())
     result = {"runs": args.runs, "python": platform.python_version(), "cpus": os.cpu_count(),

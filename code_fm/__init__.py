@@ -1,4 +1,3 @@
-"""code_fm: source-code specifics (BPE tokenizer, code datasets, completion decoding). Importing it
-registers the BPE tokenizer with ``fm_core.registry`` (an ``fm_toolkit.plugins`` entry point)."""
-
-from code_fm import bpe  # noqa: F401  (registers the code_bpe tokenizer)
+"""code_fm: source-code specifics (BPE tokenizer, code datasets, completion decoding). Importing the
+package imports nothing heavy; ``code_fm.plugins`` (the ``fm_toolkit.plugins`` entry point) registers
+the BPE tokenizer with ``fm_core.registry``."""

@@ -38,11 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from bio_fm.fasta import read_fasta
 from bio_fm.mmseqs import mmseqs_version
 from data_prep import common
-from data_prep.blastdb import BlastProteinDB
-from data_prep.protein import ALLOWED, METASTUDENT
+from data_prep.protein import ALLOWED, METASTUDENT, iter_records
 
 ONTOLOGIES = ("BPO", "MFO", "CCO")
 ROOTS = {"BPO": "GO:0008150", "MFO": "GO:0003674", "CCO": "GO:0005575"}
@@ -173,7 +171,7 @@ def read_annotations(paths: dict[str, Path] | Path) -> dict[str, dict[str, list[
 def iter_sequences(sources: list[tuple[str, Path]]) -> Iterator[tuple[str, str, str]]:
     """(source, accession, sequence); headers are ``ACCESSION|GO:...`` (metastudent) or ``ACCESSION``."""
     for fmt, path in sources:
-        records = iter(BlastProteinDB(path)) if fmt == "blastdb" else read_fasta(path)
+        records = iter_records(fmt, path)
         for header, seq in records:
             yield str(path), header.split(None, 1)[0].split("|", 1)[0] if header.strip() else "", seq
 
@@ -317,7 +315,8 @@ def make_slice(prepared_dir: Path, raw: Path, out: Path, *, sizes: dict[str, int
     from bio_fm.mmseqs import mmseqs_search
 
     rng = np.random.default_rng(seed)
-    seqs = {n: dict((h.split()[0], s) for h, s in read_fasta(prepared_dir / f"{n}.fasta")) for n in SPLITS}
+    seqs = {n: dict((h.split()[0], s) for h, s in iter_records("fasta", prepared_dir / f"{n}.fasta"))
+            for n in SPLITS}
     pick = {n: sorted(rng.choice(sorted(seqs[n]), min(k, len(seqs[n])), replace=False)) for n, k in sizes.items()}
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)

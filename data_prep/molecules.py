@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 
-from chem_fm.smiles import package_dir
 from chem_fm.standardize import butina_clusters, canonical, largest_fragment, parse, scaffold
 from data_prep import common
 from fm_core.errors import UserError
@@ -81,6 +80,8 @@ def source_files(src: Source, name: str, inputs: list[str] | None) -> list[Path]
         paths = [Path(p) for p in inputs]
     else:
         try:
+            from chem_fm.smiles import package_dir  # at use: `fm-prep molecules --help` imports no torch
+
             root = package_dir(src.package)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"source {name!r}: {err}; install it with `{src.install}`") from None

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from bio_fm.alphabet import RESIDUES, ProteinAlphabet
-from bio_fm.fasta import read_fasta
 from bio_fm.mmseqs import mmseqs_version
 from data_prep import common
 from data_prep.blastdb import BlastProteinDB, blastdb_prefix
@@ -97,6 +96,8 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
 def iter_records(fmt: str, path: Path) -> Iterator[tuple[str, str]]:
     """(header, sequence) pairs: a BLAST DB decoded with numpy, or a FASTA file through
     ``bio_fm.fasta.read_fasta`` (gzip detection, universal newlines)."""
+    from bio_fm.fasta import read_fasta  # at use: `fm-prep protein --help` imports no torch
+
     return iter(BlastProteinDB(path)) if fmt == "blastdb" else read_fasta(path)
 
 

@@ -32,6 +32,15 @@ class ConfigError(UserError, ValueError):
     """A configuration that cannot describe a valid model."""
 
 
+def require_positive(section: str, **values: float | None) -> None:
+    """Refuse counts, sizes and rates that must be above zero (``None``: unset, allowed), naming
+    every offending key as ``<section>.<key>``: called where a config is read, so that a bad value
+    is refused before any data is read or model built."""
+    bad = [f"{section}.{key}={value}" for key, value in values.items() if value is not None and not value > 0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: must be greater than 0 (fix the override or the config file)")
+
+
 @dataclass
 class EncoderConfig:
     """Shape and conventions of a pre-LayerNorm rotary transformer encoder with a tied MLM head.

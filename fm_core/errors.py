@@ -65,7 +65,10 @@ def _os_error_message(err: OSError) -> str:
 
 
 def _user_message(err: BaseException) -> str | None:
-    """The one-line message of a user's mistake, or None for a programming error."""
+    """The one-line message of a user's mistake, or None for a programming error. A wrapper whose
+    cause is a user's mistake (Hydra's ``instantiate`` re-raises what a constructor refused) is one."""
+    while err.__cause__ is not None and not isinstance(err, UserError):
+        err = err.__cause__
     if isinstance(err, UserError):
         return str(err)
     if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):

@@ -26,10 +26,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from fm_core.allocator import set_mmap_threshold
 from fm_core.model import MaskedLM
 from fm_core.plots import log_image, save_figure
 from fm_core.tokenizer import Tokenizer
-from fm_core.train import instantiate_group, run_dir_lock, write_metrics
+from fm_core.train import instantiate_group, run_dir_lock, save_job_config, write_metrics
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Run ``cfg.task`` in ``paths.run_dir``, holding the directory's lock throughout."""
     run_dir = Path(cfg.paths.run_dir)
     with run_dir_lock(run_dir, "fm-finetune run"):
+        save_job_config(run_dir, cfg)
         return _finetune(cfg, run_dir)
 
 
@@ -123,16 +125,18 @@ def _finetune(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    set_mmap_threshold(cfg.get("malloc_mmap_threshold_mib"))
 
+    task_cfg = cfg.task.copy()
+    with open_dict(task_cfg):
+        task_name = str(task_cfg.pop("name", None) or task_cfg._target_.rsplit(".", 1)[-1])
+    # nested nodes reach the task as configs: it instantiates its heads/data itself; built first,
+    # so that the values it refuses are refused before a logger starts a run or a model is built
+    task: Task = instantiate(task_cfg, _recursive_=False)
     loggers = instantiate_group(cfg.get("logger"))
     flat_cfg = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(flat_cfg)
-    task_cfg = cfg.task.copy()
-    with open_dict(task_cfg):
-        task_name = str(task_cfg.pop("name", None) or task_cfg._target_.rsplit(".", 1)[-1])
-    # nested nodes reach the task as configs: it instantiates its heads/data itself
-    task: Task = instantiate(task_cfg, _recursive_=False)
     run = FinetuneRun(cfg=cfg, run_dir=run_dir, loggers=loggers)
 
     started = time.perf_counter()

@@ -42,6 +42,50 @@ def optimizers(net: torch.nn.Module, optimizer: Callable[..., torch.optim.Optimi
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler(opt), "interval": "step"}}
 
 
+class RunClock:
+    """Wall and CPU seconds of a run's training loop (its validation included; not fit's start-up:
+    strategy set-up, checkpoint restore, sanity check, which every leg of a resumed run pays again),
+    summed over the legs of a resumed run: the earlier legs' totals travel in the checkpoint a leg
+    resumes from, so work redone after a crash counts once. CPU seconds are the process's (every
+    thread), what a busy machine inflates far less than the wall time."""
+
+    def __init__(self) -> None:
+        self.before = {"wall": 0.0, "cpu": 0.0}
+        self.legs_before = 0
+        self._started: tuple[float, float] | None = None
+        self._leg = {"wall": 0.0, "cpu": 0.0}
+
+    def start(self) -> None:
+        self._started = (time.perf_counter(), time.process_time())
+
+    def stop(self) -> None:
+        self._leg, self._started = self._this_leg(), None
+
+    def _this_leg(self) -> dict[str, float]:
+        if self._started is None:
+            return self._leg
+        return {"wall": time.perf_counter() - self._started[0], "cpu": time.process_time() - self._started[1]}
+
+    @property
+    def seconds(self) -> float:
+        return self.before["wall"] + self._this_leg()["wall"]
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.before["cpu"] + self._this_leg()["cpu"]
+
+    @property
+    def legs(self) -> int:
+        return self.legs_before + 1
+
+    def state(self) -> dict[str, float | int]:
+        return {"train_seconds": self.seconds, "train_cpu_seconds": self.cpu_seconds, "legs": self.legs}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.before = {"wall": float(saved.get("train_seconds", 0.0)), "cpu": float(saved.get("train_cpu_seconds", 0.0))}
+        self.legs_before = int(saved.get("legs", 0))
+
+
 class MLMModule(L.LightningModule):
     def __init__(self, net: MaskedLM, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, tokenizer: Any = None,
@@ -56,11 +100,8 @@ class MLMModule(L.LightningModule):
         self.val_unigram_ppl = Perplexity(ignore_index=IGNORE)
         self.val_acc = MulticlassAccuracy(num_classes=v, average="micro", ignore_index=IGNORE)
         self.tokens_seen = 0  # real (non-padding) tokens trained on, over every leg of the run
-        self.seconds_before = 0.0  # wall time of the earlier legs (a resumed run), from the checkpoint
-        self.legs_before = 0
+        self.clock = RunClock()  # wall and CPU seconds of the training loop, over every leg of the run
         self.resumed_step: int | None = None  # the global step of the checkpoint this leg resumed from
-        self._leg_started: float | None = None
-        self._leg_seconds = 0.0
 
     def masked_logits(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Logits and labels at the selected positions only: the LM head never runs elsewhere."""
@@ -99,35 +140,22 @@ class MLMModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         return optimizers(self.net, self.optimizer_factory, self.scheduler_factory)
 
-    def on_fit_start(self) -> None:
-        self._leg_started = time.perf_counter()
+    def on_train_start(self) -> None:
+        self.clock.start()
 
-    def on_fit_end(self) -> None:
-        self._leg_seconds = self.train_seconds - self.seconds_before
-        self._leg_started = None
-
-    @property
-    def train_seconds(self) -> float:
-        """Wall time of ``fit`` over every leg of the run: the earlier legs' (up to the checkpoint
-        this leg resumed from: work redone after a crash counts once) plus this leg's."""
-        leg = self._leg_seconds if self._leg_started is None else time.perf_counter() - self._leg_started
-        return self.seconds_before + leg
-
-    @property
-    def legs(self) -> int:
-        return self.legs_before + 1
+    def on_train_end(self) -> None:
+        self.clock.stop()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # self-describing Lightning checkpoints: enough to rebuild net and tokenizer without Hydra;
         # plus the run's totals so far, so that a resumed run reports all of its legs
         checkpoint["fm_toolkit"] = {**describe(self.net, self.tokenizer), "tokens_seen": self.tokens_seen,
-                                    "train_seconds": self.train_seconds, "legs": self.legs}
+                                    **self.clock.state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("fm_toolkit", {})
         self.tokens_seen = int(saved.get("tokens_seen", 0))
-        self.seconds_before = float(saved.get("train_seconds", 0.0))
-        self.legs_before = int(saved.get("legs", 0))
+        self.clock.restore(saved)
         self.resumed_step = int(checkpoint.get("global_step", 0))
 
 

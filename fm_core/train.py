@@ -16,23 +16,13 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from fm_core.allocator import set_mmap_threshold
 from fm_core.checkpoint import find_resume_checkpoint, verify_checkpoint
 from fm_core.export import provenance, save_pretrained
 from fm_core.locks import DirectoryLock, launcher_rank
-from fm_core.summary import print_summary, rejected_counts
+from fm_core.summary import print_summary, rejected_counts, write_metrics  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
-    """``metrics.json``: flat keys, plain numbers/strings; printed so scripts can find it."""
-    path = Path(run_dir) / "metrics.json"
-    plain = {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in metrics.items()}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(plain, indent=2, sort_keys=True))
-    tmp.replace(path)
-    print(f"metrics: {path}")
-    return path
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -92,10 +82,64 @@ def run_dir_lock(run_dir: Path, what: str) -> AbstractContextManager:
     return DirectoryLock(run_dir, what=what) if launcher_rank() == 0 else nullcontext()
 
 
+def training_flops(num_parameters: int, tokens: int) -> float:
+    """Training compute, 6 N D (Kaplan et al. 2020: forward + backward, 2 + 4 FLOPs per parameter
+    and token; the attention's sequence-length term left out, small at these context lengths)."""
+    return 6.0 * num_parameters * tokens
+
+
+class StepExports(L.Callback):
+    """Exports the backbone at a geometric series of optimizer steps (``first``, ``first * factor``,
+    ... up to ``trainer.max_steps``) into ``<dir>/step<N>/`` with the step, tokens seen and FLOPs in
+    its metadata: the points of a metric-against-pre-training-compute curve (``fm-report --pretrain``).
+    An export already there (a resumed run) is kept."""
+
+    def __init__(self, dir: str, first: int, factor: float):
+        if first < 1 or factor <= 1:
+            raise ValueError(f"step_exports: first must be >= 1 and factor > 1, got first={first}, factor={factor}")
+        self.dir, self.first, self.factor = Path(dir), int(first), float(factor)
+
+    def steps(self, max_steps: int) -> list[int]:
+        out, k = [], 0
+        while (step := int(round(self.first * self.factor ** k))) <= max_steps:
+            out.append(step)
+            k += 1
+        return sorted(set(out))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        target = self.dir / f"step{step:07d}"
+        if not trainer.is_global_zero or step not in self.steps(trainer.max_steps) or target.is_dir():
+            return
+        n = sum(p.numel() for p in pl_module.net.parameters())
+        save_pretrained(target, pl_module.net, pl_module.tokenizer,
+                        metadata={"train/steps": step, "train/tokens_seen": int(pl_module.tokens_seen),
+                                  "train/flops_estimate": training_flops(n, pl_module.tokens_seen)})
+        log.info("export at step %d: %s", step, target)
+
+
+def save_job_config(run_dir: Path, cfg: DictConfig) -> None:
+    """``<run_dir>/.hydra/`` (config.yaml, hydra.yaml, overrides.yaml, as Hydra writes them), written
+    here once the run directory's lock is held: the apps set ``hydra.output_subdir: null``, so that a
+    second run refused by the lock leaves the first one's files as they were. Outside a Hydra job
+    (a config composed in Python) there is nothing to write."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or launcher_rank() != 0:
+        return
+    hydra_cfg = HydraConfig.get()
+    out = run_dir / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), out / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), out / "overrides.yaml")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Pre-train (or continue pre-training) in ``paths.run_dir``, holding its lock throughout."""
     run_dir = Path(cfg.paths.run_dir)
     with run_dir_lock(run_dir, "fm-pretrain run"):
+        save_job_config(run_dir, cfg)
         return _train(cfg, run_dir)
 
 
@@ -124,6 +168,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    set_mmap_threshold(cfg.get("malloc_mmap_threshold_mib"))
 
     tokenizer, net, datamodule = build_pieces(cfg)
     datamodule.setup("fit")
@@ -157,9 +202,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "train/steps": trainer.global_step,
         "train/tokens_seen": tokens_seen,
         # over every leg of a resumed run (the totals travel in the checkpoint)
-        "train/seconds": module.train_seconds,
-        "train/tokens_per_second": tokens_seen / max(module.train_seconds, 1e-9),
-        "train/legs": module.legs,
+        "train/seconds": module.clock.seconds,
+        "train/cpu_seconds": module.clock.cpu_seconds,
+        "train/tokens_per_second": tokens_seen / max(module.clock.seconds, 1e-9),
+        "train/legs": module.clock.legs,
+        "train/flops_estimate": training_flops(sum(p.numel() for p in net.parameters()), tokens_seen),
     })
     if "val/unigram_perplexity" in metrics:
         metrics["val/perplexity_ratio_to_unigram"] = metrics["val/perplexity"] / metrics["val/unigram_perplexity"]
@@ -167,7 +214,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.get("export", True):
             export_dir = save_pretrained(run_dir / "export", net, tokenizer,
                                          metadata={"val/perplexity": metrics.get("val/perplexity", math.nan),
-                                                   "train/steps": trainer.global_step, **provenance(cfg)})
+                                                   "train/steps": trainer.global_step, "train/tokens_seen": tokens_seen,
+                                                   **provenance(cfg)})
             metrics["export_dir"] = str(export_dir)
         write_metrics(run_dir, metrics)
         print_data_summary("fm-pretrain", metrics)

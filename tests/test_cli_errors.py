@@ -17,7 +17,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 CLIS = ("fm-pretrain", "fm-embed", "fm-finetune", "fm-protein-score", "fm-prep", "fm-predict-structure",
-        "fm-complete", "fm-score")
+        "fm-complete", "fm-score", "fm-report")
 ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "FM_DEBUG": ""}
 
 
@@ -76,6 +76,7 @@ HELP_EXPECT = {
     "fm-predict-structure": ["--checkpoint", "--fasta", "examples:"],
     "fm-complete": ["--checkpoint", "--line", "examples:"],
     "fm-score": ["scorer", "--smiles-column", "examples:"],
+    "fm-report": ["Label-efficiency curves", "--pretrain", "examples:"],
 }
 
 
@@ -90,6 +91,19 @@ def test_help_is_fast_and_helps(tool):
     assert "Traceback" not in proc.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert imported and not imported & {"torch", "lightning", "hydra", "wandb"}, sorted(imported & {"torch", "lightning"})
+
+
+PREP_KIND_HELP = {"protein": "--cluster-mode", "structures": "--slice", "molecules": "--source",
+                  "code": "--exclude", "go": "--relations"}
+
+
+@pytest.mark.parametrize("kind", PREP_KIND_HELP)
+def test_prep_kind_help_imports_no_torch(kind):
+    proc = run("fm-prep", kind, "--help", env={**ENV, "PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.returncode == 0 and PREP_KIND_HELP[kind] in proc.stdout, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert imported and not imported & {"torch", "lightning", "hydra", "wandb", "rdkit"}, sorted(
+        imported & {"torch", "lightning", "rdkit"})
 
 
 def test_finetune_help_shows_only_its_groups_and_a_picked_task():
@@ -126,6 +140,7 @@ def fast_cases(f: dict[str, Path]) -> list[tuple[str, list[str], list[str]]]:
         ("fm-predict-structure", ["--checkpoint", "c", "--fasta", "f", "--on-invalid", "maybe"], ["--on-invalid"]),
         ("fm-complete", ["--checkpoint", "c", "--line", "x"], ["--line", "invalid int value: 'x'"]),
         ("fm-score", [], ["fm-score: error:", "required"]),
+        ("fm-report", [str(d / "no_runs_here"), "-o", str(d / "report")], ["no_runs_here", "no such directory"]),
     ]
 
 

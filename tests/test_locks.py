@@ -175,3 +175,30 @@ def test_two_concurrent_fm_embed_writers(tmp_path, valid_records, capsys):
     assert ids == [rid for rid, _ in records] and means.shape == (len(records), 64)
     assert json.loads((out / "metrics.json").read_text())["embed/sequences"] == len(records)
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_refused_hydra_run_leaves_the_holders_job_config_alone(tmp_path):
+    """Hydra's own `.hydra/` writing is off (`hydra.output_subdir: null`): the run writes it once it
+    holds the directory's lock, so a second fm-finetune into a held directory changes nothing there,
+    and a run that holds it records its config (which fm-report reads) even when the task then fails."""
+    exe = Path(sys.executable).with_name("fm-finetune")
+    env = {**os.environ, "WANDB_MODE": "offline", "FM_DEBUG": ""}
+    held, free = tmp_path / "held", tmp_path / "free"
+    (held / ".hydra").mkdir(parents=True)
+    (held / ".hydra" / "config.yaml").write_text("the first run's config\n")
+    args = ["task=contacts", "model=tiny", "logger=csv", f"task.data_dir={tmp_path / 'no_data'}"]
+    holder = start_holder(held)
+    try:
+        second = subprocess.run([str(exe), *args, f"hydra.run.dir={held}"], capture_output=True, text=True,
+                                env=env, timeout=600)
+    finally:
+        kill(holder)
+    assert second.returncode == 2 and f"pid {holder.pid}" in second.stderr, second.stderr[-2000:]
+    assert sorted(p.name for p in (held / ".hydra").iterdir()) == ["config.yaml"]
+    assert (held / ".hydra" / "config.yaml").read_text() == "the first run's config\n"
+    alone = subprocess.run([str(exe), *args, f"hydra.run.dir={free}"], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert alone.returncode == 2 and "no_data" in alone.stderr, alone.stderr[-2000:]  # the task's own error
+    assert sorted(p.name for p in (free / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
+    assert f"data_dir: {tmp_path / 'no_data'}" in (free / ".hydra" / "config.yaml").read_text()
+    assert f"task.data_dir={tmp_path / 'no_data'}" in (free / ".hydra" / "overrides.yaml").read_text()

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from bio_fm import profiles
 from bio_fm.contact import attach_contact_head, predict_contacts
+from fm_core.config import require_positive
 from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
@@ -115,13 +116,16 @@ class ContactTask(sd.StructureTask):
         super().__init__(**common)
         self.max_train_chains, self.l1_C = max_train_chains, l1_C
         self.supervised, self.plot_chains = dict(supervised), plot_chains
+        require_positive("task", max_train_chains=max_train_chains, l1_C=l1_C)
+        require_positive("task.supervised", **{k: self.supervised[k] for k in ("train_chains", "crop", "batch_size",
+                                                                              "max_steps", "lr")})
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
         s = self.setup(run)
         alphabet, net, test, groups, metrics = s.tokenizer, s.net, s.test, s.groups, s.metrics
         sup = self.supervised
-        pool = [c.crop(s.max_residues)
-                for c in sd.load_split(s.data_dir, "train", max(self.max_train_chains, sup["train_chains"]), run.seed)]
+        pool = sd.load_split(s.data_dir, "train", max(self.max_train_chains, sup["train_chains"]), run.seed)
+        pool = [c.crop(s.max_residues) for c in self.budget(pool, run.seed, metrics)]
         lr_chains = pool[: self.max_train_chains]
         metrics["data/train_chains_regression"] = len(lr_chains)
         metrics["data/train_chains_supervised"] = min(len(pool), sup["train_chains"])

@@ -31,6 +31,7 @@ from chem_fm.features import Features, MorganFeatures, RawCache, featurize_smile
 from chem_fm.smiles import SmilesTokenizer
 from fm_core.errors import UserError
 from fm_core.finetune import FinetuneRun
+from fm_core.label_budget import label_budget
 from fm_core.plots import save_figure
 from tasks.drug_property.heads import HeadConfig, fit_mlp, predict_targets
 from tasks.drug_property.metrics import mean_std, property_metrics, target_metrics
@@ -142,7 +143,8 @@ def load_dataset(dataset: dict[str, Any], data_dir: str | Path, split: str) -> d
     info.update({f"data/{s}": len(parts[s]) for s in SPLITS})
     if len(targets) > 1:
         info.update({f"data/labelled_{t.name}": int(np.isfinite(y[:, j]).sum()) for j, t in enumerate(targets)})
-    return {"smiles": smiles, "y": y, "ids": ids, "parts": parts, "info": info, "targets": targets}
+    return {"smiles": smiles, "y": y, "ids": ids, "parts": parts, "info": info, "targets": targets,
+            "scaffolds": np.array(table["scaffold"], dtype=object)}
 
 
 def plain(node: Any) -> Any:
@@ -174,7 +176,8 @@ class DrugPropertyTask:
 
     def __init__(self, *, dataset: DictConfig, features: DictConfig, head: DictConfig, seeds: list[int], split: str,
                  data_dir: str, rf_baseline: DictConfig | None, threads: int, uncertainty: DictConfig,
-                 domain: DictConfig, featurize: DictConfig):
+                 domain: DictConfig, featurize: DictConfig, train_size: int | float | None):
+        self.train_size = train_size  # label budget over the train split, whole scaffolds (fm_core.label_budget)
         self.dataset = dict(plain(dataset))
         self.feature_configs = {k: dict(plain(v)) for k, v in features.items() if v is not None}
         self.head = HeadConfig(**plain(head))
@@ -222,6 +225,9 @@ class DrugPropertyTask:
         torch.set_num_threads(self.threads)
         data = load_dataset(self.dataset, self.data_dir, self.split)
         parts, targets = data["parts"], data["targets"]
+        budget = label_budget(data["scaffolds"][parts["train"]], self.train_size, run.seed)
+        parts["train"] = parts["train"][budget.indices]
+        data["info"].update({**budget.metrics, "data/train": len(parts["train"])})
         kinds = [t.kind for t in targets]
         smiles = {s: list(data["smiles"][parts[s]]) for s in SPLITS}
         mols = {s: [Chem.MolFromSmiles(smi) for smi in smiles[s]] for s in SPLITS}

@@ -38,6 +38,7 @@ from bio_fm.mmseqs import mmseqs_search
 from fm_core.embed import Embedder
 from fm_core.finetune import FinetuneRun
 from fm_core.index import Index
+from fm_core.label_budget import label_budget
 from fm_core.model import MaskedLM
 from tasks.go_transfer.metrics import Prediction, cafa_thresholds, fmax
 
@@ -148,7 +149,8 @@ class GoTransferTask:
 
     def __init__(self, *, data_dir: str, layer: int, knn: dict, identity_bins: list[float], threshold_steps: int,
                  max_train: int | None, max_test: int | None, embed: dict, mmseqs_threads: int | None,
-                 num_threads: int | None):
+                 num_threads: int | None, train_size: int | float | None):
+        self.train_size = train_size  # label budget over the annotated train proteins (fm_core.label_budget)
         self.data_dir, self.layer, self.knn = data_dir, int(layer), dict(knn)
         self.edges = sorted(float(e) for e in identity_bins)
         self.thresholds = cafa_thresholds(int(threshold_steps))
@@ -161,6 +163,9 @@ class GoTransferTask:
             torch.set_num_threads(self.num_threads)
         ann = load_annotations(data_dir / "annotations.tsv")
         train = load_split(data_dir, "train", self.max_train, run.seed)
+        # fm-prep go writes no clusters beside the FASTA: each train protein is its own group
+        budget = label_budget([a for a, _ in train], self.train_size, run.seed)
+        train = budget.take(train)
         evals = [(s, *r) for s in EVAL_SPLITS for r in load_split(data_dir, s, self.max_test, run.seed)]
         queries = [(a, q) for _, a, q in evals]
         alphabet = ProteinAlphabet()
@@ -175,7 +180,7 @@ class GoTransferTask:
             groups[f"bin_{name}"] = [k for k, i in enumerate(nearest) if identity_bin(i, self.edges) == name]
         metrics: dict[str, Any] = {"data/dir": str(data_dir), "data/train_proteins": len(train),
                                    **{f"data/{g}_proteins": len(idx) for g, idx in groups.items()},
-                                   "knn/k": int(self.knn["k"]), "knn/rule": self.knn["rule"]}
+                                   "knn/k": int(self.knn["k"]), "knn/rule": self.knn["rule"], **budget.metrics}
         for ont in ONTOLOGIES:
             preds = self.predict(ont, train, evals, ann, hits, vectors)
             metrics.update(self.score(ont, evals, ann, preds, groups))

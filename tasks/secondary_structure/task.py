@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bio_fm.structure import DSSP8, SS3
+from fm_core.config import require_positive
 from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
@@ -123,11 +124,15 @@ class SecondaryStructureTask(sd.StructureTask):
         self.repr_layers = None if repr_layers is None else list(repr_layers)
         self.heads = {k: dict(v) for k, v in heads.items()}
         self.window_mlp, self.train = dict(window_mlp), dict(train)
+        require_positive("task.train", max_steps=self.train["max_steps"], batch_size=self.train["batch_size"],
+                         lr=self.train["lr"])
+        require_positive("task", max_train_chains=max_train_chains)
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
         s = self.setup(run)
         alphabet, net, test, groups, metrics = s.tokenizer, s.net, s.test, s.groups, s.metrics
-        train = [c.crop(s.max_residues) for c in sd.load_split(s.data_dir, "train", self.max_train_chains, run.seed)]
+        pool = sd.load_split(s.data_dir, "train", self.max_train_chains, run.seed)
+        train = [c.crop(s.max_residues) for c in self.budget(pool, run.seed, metrics)]
         metrics["data/train_chains"] = len(train)
         metrics["data/train_residues"] = int(sum(len(c) for c in train))
 

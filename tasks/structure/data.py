@@ -23,6 +23,7 @@ from bio_fm.alphabet import ProteinAlphabet
 from bio_fm.contact import attention_features
 from bio_fm.mmseqs import mmseqs_search
 from bio_fm.structure import DSSP8, SS3, contact_atoms, contact_map
+from fm_core.label_budget import label_budget
 from fm_core.model import MaskedLM
 from fm_core.tokenizer import Tokenizer
 
@@ -50,6 +51,7 @@ class Chain:
     train_max_identity: float = 0.0
     pretrain_max_identity: float = 0.0
     cropped_from: int = 0  # original length when cropped, else 0
+    cluster: int = -1  # the fm-prep sequence cluster (-1 when the shards have none): the label-budget group
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -57,6 +59,12 @@ class Chain:
 
     def contacts(self, threshold: float = 8.0) -> np.ndarray:
         return contact_map(self.atoms, threshold)
+
+    @property
+    def group(self) -> str:
+        """What a label budget keeps or drops whole (``fm_core.label_budget``): the sequence cluster,
+        or the chain itself when the shards have no clusters."""
+        return f"cluster {self.cluster}" if self.cluster >= 0 else f"chain {self.id}"
 
     @property
     def aa_index(self) -> np.ndarray:
@@ -75,7 +83,7 @@ class Chain:
             return self
         return Chain(self.id, self.sequence[:n], self.tokens[:n], self.atoms[:n], self.ss8[:n], self.ss3[:n],
                      None if self.profile is None else self.profile[:n], self.train_max_identity,
-                     self.pretrain_max_identity, cropped_from=len(self))
+                     self.pretrain_max_identity, cropped_from=len(self), cluster=self.cluster)
 
 
 def _lists(col: pa.ChunkedArray, width: int) -> list[np.ndarray]:
@@ -126,11 +134,12 @@ def load_split(data_dir: str | Path, split: str, limit: int | None = None, seed:
         profiles = _lists(t.column("profile"), 20) if has_profile else [None] * t.num_rows
         ident = t.column("train_max_identity").to_numpy() if "train_max_identity" in t.column_names \
             else np.zeros(t.num_rows, np.float32)
+        clusters = t.column("cluster").to_numpy() if "cluster" in t.column_names else np.full(t.num_rows, -1)
         for k, (cid, seq, s8, s3) in enumerate(zip(*(t.column(c).to_pylist() for c in ("id", "sequence", "ss8", "ss3")),
                                                    strict=True)):
             prof = None if profiles[k] is None else profiles[k].astype(np.float32) / 1e4
             chains.append(Chain(cid, seq, tokens[k].astype(np.int64), contact_atoms(seq, ca[k], cb[k]), s8, s3, prof,
-                                float(ident[k])))
+                                float(ident[k]), cluster=int(clusters[k])))
     return chains
 
 
@@ -197,7 +206,8 @@ class StructureTask:
 
     def __init__(self, *, data_dir: str, pretrain_corpus: str | None, pretrain_identity: float,
                  max_test_chains: int | None, mmseqs_threads: int | None, num_threads: int | None,
-                 retrieval: dict[str, Any]):
+                 retrieval: dict[str, Any], train_size: int | float | None):
+        self.train_size = train_size  # the label budget (fm_core.label_budget): null = every training chain
         self.data_dir, self.pretrain_corpus, self.pretrain_identity = data_dir, pretrain_corpus, pretrain_identity
         self.retrieval = dict(retrieval)  # tasks.structure.retrieval settings; database null = off
         self.max_test_chains, self.mmseqs_threads, self.num_threads = max_test_chains, mmseqs_threads, num_threads
@@ -216,6 +226,12 @@ class StructureTask:
             pretrain_identity=self.pretrain_identity, max_test_chains=self.max_test_chains,
             mmseqs_threads=self.mmseqs_threads)
         return StructureSetup(alphabet, net, rand, max_res, data_dir, test, groups, metrics)
+
+    def budget(self, chains: list[Chain], seed: int, metrics: dict[str, Any]) -> list[Chain]:
+        """The training chains ``task.train_size`` keeps, whole clusters at a time (counts into ``metrics``)."""
+        subset = label_budget([c.group for c in chains], self.train_size, seed)
+        metrics.update(subset.metrics)
+        return subset.take(chains)
 
 
 def subset_counts(chains: list[Chain], groups: dict[str, list[int]], pretrain_identity: float) -> dict[str, int]:

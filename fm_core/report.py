@@ -1,0 +1,373 @@
+"""``fm-report DIR...``: label-efficiency (and pre-training compute) curves from finished runs.
+
+Every ``metrics.json`` below the given directories is one run; the Hydra config saved beside it
+(``.hydra/config.yaml``) says its task (``task.name``), label budget (``task.train_size``), seed
+and backbone (``model.init_from``, or a random-init ``model.size``). What to draw for a task is
+read from ``fm_conf/report/<task>.yaml`` (``--spec`` for another file): the metric keys of the
+methods over the backbone (one line per backbone), of their random-init twins in the same run, and
+of the baselines. A key the spec names and a run lacks is reported by run, never skipped silently.
+
+Out (``--out``): ``runs.csv`` (tidy: one row per run and method), ``summary.csv`` (per task,
+method, backbone and budget: seeds, mean, sample std and the 95% interval of the mean, Student t),
+``paired.csv`` (backbone minus its twin, per seed of the same run, with its interval), ``report.md``
+(the tables) and one PNG per task: the metric against the label budget (log x). With
+``--pretrain RUN`` (an fm-pretrain run directory: ``exports/step*/`` and ``export/``) runs whose
+``model.init_from`` is one of its exports also give ``<task>_pretrain_tokens.png``: the metric
+against the tokens the backbone was pre-trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fm_core.errors import UserError
+
+RUN_COLUMNS = ("task", "method", "role", "backbone", "budget", "train_size", "seed", "pretrain_tokens", "key",
+               "value", "status", "run")
+SUMMARY_COLUMNS = ("task", "method", "role", "backbone", "budget", "train_size", "n", "mean", "std", "ci95_low",
+                   "ci95_high", "values")
+ROLES = ("backbone", "twin", "baselines")
+
+
+class ReportError(UserError, ValueError):
+    """A directory without runs, an unreadable metrics.json or config, or no report spec for a task."""
+
+
+@dataclass
+class Run:
+    path: Path  # the run directory (holds metrics.json)
+    task: str
+    seed: int
+    budget: str  # the requested task.train_size ("all" for null)
+    train_size: float  # the training records the run kept (data/train_size), NaN when it does not say
+    backbone: str  # a label for model.init_from / model.size
+    init_from: str | None
+    metrics: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def find_runs(dirs: list[str | Path]) -> list[Path]:
+    """Every ``metrics.json`` below ``dirs`` (sorted); a directory without one is an error."""
+    found: list[Path] = []
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise ReportError(f"{d}: no such directory; give fm-finetune run directories (or a multirun folder)")
+        # fm-report's own output (report.md beside its metrics.json) is no run
+        mine = sorted(p for p in d.rglob("metrics.json") if not (p.parent / "report.md").is_file())
+        if not mine:
+            raise ReportError(f"{d}: no metrics.json below it; give the run directories of finished fm-finetune "
+                              "runs (each writes <run_dir>/metrics.json)")
+        found += mine
+    return sorted(set(found))
+
+
+def unfinished_runs(dirs: list[str | Path]) -> list[Path]:
+    """Run directories below ``dirs`` with a Hydra config but no metrics.json (failed or running)."""
+    return sorted({c.parent.parent for d in map(Path, dirs) for c in d.rglob(".hydra/config.yaml")
+                   if not (c.parent.parent / "metrics.json").is_file()})
+
+
+def backbone_label(init_from: str | None, size: Any) -> str:
+    """``runs/x/export`` -> ``x``; ``runs/x/exports/step0001000`` -> ``x@step0001000``; a random init
+    at a size -> ``random-init <size>``; neither -> ``no backbone``."""
+    if init_from:
+        p = Path(str(init_from).rstrip("/"))
+        if p.parent.name == "exports":
+            return f"{p.parent.parent.name}@{p.name}"
+        return p.parent.name if p.name == "export" else p.stem
+    return f"random-init {size}" if size else "no backbone"
+
+
+def read_run(metrics_path: Path) -> Run:
+    from omegaconf import OmegaConf
+
+    run_dir = metrics_path.parent
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{metrics_path}: unreadable ({type(err).__name__}: {err})") from err
+    if not cfg_path.is_file():
+        raise ReportError(f"{metrics_path}: no .hydra/config.yaml beside it (fm-report reads the task, budget, "
+                          "seed and backbone from there; a run with paths.run_dir away from Hydra's folder has none)")
+    cfg = OmegaConf.to_container(OmegaConf.load(cfg_path), resolve=False)
+    task_cfg, model = cfg.get("task") or {}, cfg.get("model") or {}
+    task = str(task_cfg.get("name") or metrics.get("task") or "")
+    if not task:
+        raise ReportError(f"{cfg_path}: no task.name")
+    init_from = model.get("init_from")
+    init_from = None if init_from in (None, "???") else str(init_from)
+    requested = task_cfg.get("train_size")
+    kept = metrics.get("data/train_size")
+    return Run(run_dir, task, int(cfg.get("seed", 0)), "all" if requested is None else str(requested),
+               float(kept) if isinstance(kept, int | float) else math.nan,
+               backbone_label(init_from, model.get("size")), init_from, metrics)
+
+
+def load_spec(task: str, spec_dir: Path | None) -> dict[str, Any]:
+    """The report spec of ``task``: ``<spec_dir>/<task>.yaml``, else ``fm_conf/report/<task>.yaml``."""
+    from omegaconf import OmegaConf
+
+    from fm_core.cli import CONFIG_MODULE
+
+    path = (spec_dir or Path(str(files(CONFIG_MODULE.removeprefix("pkg://")).joinpath("report")))) / f"{task}.yaml"
+    if not path.is_file():
+        raise ReportError(f"task {task!r}: no report spec {path}; write one (see fm_conf/report/*.yaml) and pass "
+                          "its folder with --spec")
+    spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return {"metric": spec.get("metric", ""), **{r: dict(spec.get(r) or {}) for r in ROLES}}
+
+
+def pick(metrics: dict[str, Any], keys: str | list[str]) -> tuple[str, float | None]:
+    """The first of ``keys`` that ``metrics`` holds (key, value), else (the first key, None)."""
+    candidates = [keys] if isinstance(keys, str) else list(keys)
+    for k in candidates:
+        v = metrics.get(k)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return k, float(v)
+    return candidates[0], None
+
+
+def run_rows(run: Run, spec: dict[str, Any], tokens: dict[Path, float]) -> list[dict[str, Any]]:
+    """One row per method of the spec: its value in this run, or status ``missing``."""
+    rows = []
+    pre = tokens.get(Path(run.init_from).resolve(), math.nan) if run.init_from else math.nan
+    for role in ROLES:
+        for method, keys in spec[role].items():
+            if role == "twin" and not run.init_from:
+                continue  # a random-init run has no separate twin
+            key, value = pick(run.metrics, keys)
+            rows.append({"task": run.task, "method": method, "role": role,
+                         "backbone": run.backbone if role == "backbone" else "-", "budget": run.budget,
+                         "train_size": run.train_size, "seed": run.seed, "pretrain_tokens": pre, "key": key,
+                         "value": math.nan if value is None else value,
+                         "status": "ok" if value is not None else "missing", "run": str(run.path)})
+    return rows
+
+
+def interval(values: list[float]) -> dict[str, float]:
+    """n, mean, sample std and the 95% interval of the mean (Student t, n - 1 degrees of freedom)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    mean = float(v.mean()) if n else math.nan
+    if n < 2:
+        return {"n": n, "mean": mean, "std": math.nan, "ci95_low": math.nan, "ci95_high": math.nan}
+    std = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
+
+
+def per_seed(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, dict[int, list[float]]]:
+    """Values grouped by ``keys`` then by seed (the same seed twice, e.g. a baseline repeated in the
+    runs of two backbones, counts once: its mean)."""
+    out: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["status"] == "ok":
+            out[tuple(r[k] for k in keys)][r["seed"]].append(r["value"])
+    return out
+
+
+def budget_order(budget: str) -> tuple[int, float]:
+    return (1, math.inf) if budget == "all" else (0, float(budget))
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("task", "method", "role", "backbone", "budget")
+    sizes: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if np.isfinite(r["train_size"]):
+            sizes[(r["task"], r["budget"])].append(r["train_size"])
+    out = []
+    for group, seeds in per_seed(rows, keys).items():
+        values = [float(np.mean(v)) for _, v in sorted(seeds.items())]
+        size = sizes.get((group[0], group[4]))
+        out.append({**dict(zip(keys, group, strict=True)), "train_size": float(np.mean(size)) if size else math.nan,
+                    **interval(values), "values": " ".join(f"{v:.6g}" for v in values)})
+    return sorted(out, key=lambda r: (r["task"], ROLES.index(r["role"]), r["method"], r["backbone"],
+                                      budget_order(r["budget"])))
+
+
+def paired(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task, backbone method, backbone and budget: the backbone minus its twin of the same run,
+    over seeds (mean and 95% interval); ``beats_twin`` when the interval lies above zero."""
+    twins = {(r["run"], r["method"]): r for r in rows if r["role"] == "twin" and r["status"] == "ok"}
+    diffs = [{**r, "value": r["value"] - twins[(r["run"], r["method"])]["value"]} for r in rows
+             if r["role"] == "backbone" and r["status"] == "ok" and (r["run"], r["method"]) in twins]
+    out = []
+    for (task, method, backbone, budget), seeds in per_seed(diffs, ("task", "method", "backbone", "budget")).items():
+        stats = interval([float(np.mean(v)) for _, v in sorted(seeds.items())])
+        out.append({"task": task, "method": method, "backbone": backbone, "budget": budget, **stats,
+                    "beats_twin": bool(stats["ci95_low"] > 0), "loses_to_twin": bool(stats["ci95_high"] < 0)})
+    return sorted(out, key=lambda r: (r["task"], r["method"], r["backbone"], budget_order(r["budget"])))
+
+
+def export_tokens(pretrain_dirs: list[str | Path]) -> dict[Path, float]:
+    """Tokens each export of the given fm-pretrain runs was trained on (its ``train/tokens_seen``
+    metadata; the final ``export/`` from the run's metrics.json)."""
+    out: dict[Path, float] = {}
+    for d in map(Path, pretrain_dirs):
+        exports = sorted((d / "exports").glob("*/config.json"))
+        for cfg in exports:
+            meta = json.loads(cfg.read_text()).get("metadata", {})
+            if "train/tokens_seen" in meta:
+                out[cfg.parent.resolve()] = float(meta["train/tokens_seen"])
+        final = d / "metrics.json"
+        if (d / "export" / "config.json").is_file() and final.is_file():
+            out[(d / "export").resolve()] = float(json.loads(final.read_text()).get("train/tokens_seen", math.nan))
+        if not exports and not (d / "export").is_dir():
+            raise ReportError(f"{d}: no exports/step*/ nor export/ (give an fm-pretrain run directory; periodic "
+                              "exports come from callbacks.step_exports, e.g. experiment=protein_cpu_long)")
+    return out
+
+
+def fmt(stats: dict[str, Any]) -> str:
+    if not stats["n"]:
+        return "-"
+    if stats["n"] < 2:
+        return f"{stats['mean']:.4g} (n=1)"
+    return f"{stats['mean']:.4g} [{stats['ci95_low']:.4g}, {stats['ci95_high']:.4g}] (n={stats['n']})"
+
+
+def markdown(summary: list[dict[str, Any]], pairs: list[dict[str, Any]], missing: list[dict[str, Any]],
+             specs: dict[str, dict[str, Any]]) -> str:
+    """Per task: methods x budgets (mean [95% interval] (seeds)), the paired differences, and the
+    metrics the spec names that some run lacks."""
+    lines: list[str] = []
+    for task in sorted({r["task"] for r in summary} | {r["task"] for r in missing}):
+        mine = [r for r in summary if r["task"] == task]
+        budgets = sorted({r["budget"] for r in mine}, key=budget_order)
+        sizes = {r["budget"]: r["train_size"] for r in mine}
+        lines += [f"### {task}: {specs[task]['metric']}", "",
+                  "| method | backbone | " + " | ".join(f"{b} ({sizes[b]:.0f})" if np.isfinite(sizes[b]) else b
+                                                       for b in budgets) + " |",
+                  "|---|---|" + "---|" * len(budgets)]
+        cells: dict[tuple, dict[str, str]] = defaultdict(dict)
+        for r in mine:
+            label = r["method"] if r["role"] != "twin" else f"{r['method']} (random-init twin)"
+            cells[(label, r["backbone"])][r["budget"]] = fmt(r)
+        lines += [f"| {m} | {b} | " + " | ".join(c.get(x, "-") for x in budgets) + " |" for (m, b), c in cells.items()]
+        pp = [p for p in pairs if p["task"] == task]
+        if pp:
+            lines += ["", "backbone minus its random-init twin (same run, per seed):", "",
+                      "| method | backbone | budget | difference [95% interval] | interval excludes 0 |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {p['method']} | {p['backbone']} | {p['budget']} | {fmt(p)} | "
+                      f"{'better' if p['beats_twin'] else 'worse' if p['loses_to_twin'] else 'no'} |" for p in pp]
+        gone = [m for m in missing if m["task"] == task]
+        if gone:
+            lines += ["", f"missing metrics ({len(gone)}):", ""]
+            lines += [f"- {m['run']}: {m['key']} ({m['method']})" for m in gone]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_task(task: str, summary: list[dict[str, Any]], spec: dict[str, Any], x_key: str, path: Path,
+              xlabel: str) -> Path:
+    """One line per method and backbone (mean, shaded 95% interval) against ``x_key`` (log x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fm_core.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in summary:
+        if r["task"] == task and np.isfinite(r[x_key]):
+            lines[(r["role"], r["method"], r["backbone"], r.get("budget_line", ""))].append(r)
+    for (role, method, backbone, extra), pts in sorted(lines.items()):
+        pts = sorted(pts, key=lambda r: r[x_key])
+        x = np.array([p[x_key] for p in pts])
+        y, lo, hi = (np.array([p[k] for p in pts]) for k in ("mean", "ci95_low", "ci95_high"))
+        label = {"backbone": f"{method} · {backbone}", "twin": f"{method} · random-init twin"}.get(role, method)
+        style = {"backbone": "-", "twin": "--"}.get(role, ":")
+        (line,) = ax.plot(x, y, style, marker="o", ms=4, label=label + (f" · {extra}" if extra else ""))
+        ok = np.isfinite(lo)
+        if ok.any():  # bars at every budget with an interval (>= 2 seeds), a band between neighbours
+            ax.errorbar(x[ok], y[ok], yerr=[y[ok] - lo[ok], hi[ok] - y[ok]], fmt="none", ecolor=line.get_color(),
+                        capsize=3, lw=1)
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.12, lw=0)
+    ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=spec["metric"], title=f"{task}: mean and 95% interval over seeds")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3, which="both")
+    return save_figure(fig, path, dpi=120)
+
+
+def token_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Backbone methods of runs from a pre-training export, per export's tokens and budget."""
+    mine = [r for r in rows if r["role"] == "backbone" and np.isfinite(r["pretrain_tokens"])]
+    out = []
+    keys = ("task", "method", "role", "budget", "pretrain_tokens")
+    for group, seeds in per_seed(mine, keys).items():
+        rec = dict(zip(keys, group, strict=True))
+        out.append({**rec, "backbone": "pre-trained", "budget_line": f"budget {rec['budget']}",
+                    **interval([float(np.mean(v)) for _, v in sorted(seeds.items())])})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.10g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+def report(dirs: list[str | Path], out: str | Path, *, pretrain: list[str | Path] = (),
+           spec_dir: str | Path | None = None) -> dict[str, Any]:
+    """Read the runs below ``dirs``, write the CSVs, markdown and PNGs into ``out``; returns counts."""
+    out = Path(out)
+    runs = [read_run(p) for p in find_runs(dirs)]
+    specs = {t: load_spec(t, Path(spec_dir) if spec_dir else None) for t in sorted({r.task for r in runs})}
+    tokens = export_tokens(list(pretrain))
+    out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refused call writes nothing
+    rows = [row for r in runs for row in run_rows(r, specs[r.task], tokens)]
+    missing = [r for r in rows if r["status"] == "missing"]
+    summary, pairs = summarise(rows), paired(rows)
+    write_csv(out / "runs.csv", rows, RUN_COLUMNS)
+    write_csv(out / "summary.csv", summary, SUMMARY_COLUMNS)
+    write_csv(out / "paired.csv", pairs, ("task", "method", "backbone", "budget", "n", "mean", "std", "ci95_low",
+                                          "ci95_high", "beats_twin", "loses_to_twin"))
+    (out / "report.md").write_text(markdown(summary, pairs, missing, specs))
+    pngs = [plot_task(t, summary, specs[t], "train_size", out / f"{t}.png", "labelled training records (log)")
+            for t in specs]
+    by_tokens = token_summary(rows)
+    pngs += [plot_task(t, by_tokens, specs[t], "pretrain_tokens", out / f"{t}_pretrain_tokens.png",
+                       "pre-training tokens of the backbone (log)") for t in sorted({r["task"] for r in by_tokens})]
+    for m in missing:
+        print(f"fm-report: {m['run']}: no metric {m['key']} ({m['task']} {m['method']})")
+    unfinished = unfinished_runs(dirs)
+    if unfinished:
+        with open(out / "report.md", "a") as fh:
+            fh.write(f"\nruns without metrics.json (failed or still running, {len(unfinished)}):\n\n"
+                     + "".join(f"- {u}\n" for u in unfinished))
+    for u in unfinished:
+        print(f"fm-report: {u}: no metrics.json (failed or still running): not in the report")
+    result = {"report/runs": len(runs), "report/tasks": len(specs), "report/rows": len(rows),
+              "report/missing": len(missing), "report/unfinished": len(unfinished), "report/pngs": len(pngs),
+              "report/dir": str(out)}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(f"fm-report: {len(runs)} runs, {len(specs)} tasks, {len(missing)} missing metrics -> {out}/report.md")
+    return result
+
+
+def run(args: Any) -> int:
+    """``fm-report``'s work (``fm_core.report_cli`` parses)."""
+    report(args.dirs, args.out, pretrain=args.pretrain or [], spec_dir=args.spec)
+    return 0
+
+
+__all__ = ["ReportError", "find_runs", "interval", "paired", "read_run", "report", "summarise"]
