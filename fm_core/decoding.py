@@ -3,7 +3,8 @@
 ``NeuralLM`` wraps a causal ``MaskedLM`` for decoding with the key/value cache of its own attention
 layers; ``generate`` is a batched decoding loop (greedy, or temperature and nucleus sampling) over
 any ``NextTokenModel`` (also the n-gram baseline), with a stop rule, a token budget and a
-wall-clock budget, and "token healing" of the prompt's last token. Training is
+wall-clock budget, a per-step constraint on the next token (the caller's "token healing" of the
+prompt's last token), and repetition handling (a repetition penalty, a ban of repeated n-grams). Training is
 ``fm_core.module.CausalLMModule``; this module imports no Lightning, so a completion CLI starts fast.
 """
 
@@ -84,18 +85,37 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
 
+def penalize_repeats(scores: Tensor, row: int, ids: list[int], penalty: float, no_repeat_ngram: int) -> None:
+    """In place on ``scores[row]``: CTRL's repetition penalty (Keskar et al. 2019: a positive score of a
+    token already generated is divided by ``penalty``, a negative one multiplied) and a ban of every
+    token that would repeat an ``no_repeat_ngram``-gram of the generated ids (0 = off)."""
+    if penalty != 1.0 and ids:
+        seen = torch.tensor(sorted(set(ids)))
+        s = scores[row, seen]
+        scores[row, seen] = torch.where(s > 0, s / penalty, s * penalty)
+    n = no_repeat_ngram
+    if n > 0 and len(ids) >= n:
+        tail = ids[len(ids) - n + 1:] if n > 1 else []
+        repeat = [ids[i + n - 1] for i in range(len(ids) - n + 1) if ids[i : i + n - 1] == tail]
+        scores[row, repeat] = float("-inf")
+
+
 def generate(model: NextTokenModel, prompts: list[Sequence[int]], *, max_new_tokens: int,
              stop: Callable[[int, list[int]], bool] | None = None, eos_ids: Sequence[int] = (),
-             first_allowed: list[Tensor | None] | None = None, banned: Sequence[int] = (),
+             allowed: Callable[[int, list[int]], Tensor | None] | None = None, banned: Sequence[int] = (),
              temperature: float = 0.0, top_p: float = 1.0, generator: torch.Generator | None = None,
-             max_seconds: float | None = None) -> GenerationResult:
+             max_seconds: float | None = None, repetition_penalty: float = 1.0,
+             no_repeat_ngram: int = 0) -> GenerationResult:
     """Decode every prompt in one batch. ``temperature=0`` is greedy. ``stop(row, ids)`` ends a row
-    once its generated ids are complete (end of line or block); ``first_allowed[row]`` (a (V,) bool
-    mask or None) constrains the first token (token healing); ``banned`` ids are never produced.
-    A row also ends at an ``eos_ids`` token (not kept), after ``max_new_tokens``, or when
-    ``max_seconds`` have passed (the rows keep what they have)."""
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {temperature}, {top_p}")
+    once its generated ids are complete (end of line or block); ``allowed(row, ids)`` (a (V,) bool
+    mask, or None for no constraint) limits the next token of a row given its generated ids (token
+    healing); ``banned`` ids are never produced; ``repetition_penalty`` and ``no_repeat_ngram`` work
+    against loops (``penalize_repeats``; 1.0 and 0 leave the scores alone). A row also ends at an
+    ``eos_ids`` token (not kept), after ``max_new_tokens``, or when ``max_seconds`` have passed (the
+    rows keep what they have)."""
+    if temperature < 0 or not 0 < top_p <= 1 or repetition_penalty <= 0 or no_repeat_ngram < 0:
+        raise ValueError(f"temperature must be >= 0, top_p in (0, 1], repetition_penalty > 0 and no_repeat_ngram "
+                         f">= 0, got {temperature}, {top_p}, {repetition_penalty}, {no_repeat_ngram}")
     started = time.perf_counter()
     n = len(prompts)
     out: list[list[int]] = [[] for _ in range(n)]
@@ -106,10 +126,11 @@ def generate(model: NextTokenModel, prompts: list[Sequence[int]], *, max_new_tok
     ban[list(banned)] = True
     for t in range(max_new_tokens):
         scores = logits.masked_fill(ban, float("-inf"))
-        if t == 0 and first_allowed is not None:
-            for row, allowed in enumerate(first_allowed):
-                if allowed is not None:
-                    scores[row] = scores[row].masked_fill(~allowed, float("-inf"))
+        for row in torch.nonzero(active).flatten().tolist():
+            penalize_repeats(scores, row, out[row], repetition_penalty, no_repeat_ngram)
+            mask = allowed(row, out[row]) if allowed is not None else None
+            if mask is not None:
+                scores[row] = scores[row].masked_fill(~mask, float("-inf"))
         if temperature == 0:
             nxt = scores.argmax(-1)
         else:
@@ -136,4 +157,4 @@ def generate(model: NextTokenModel, prompts: list[Sequence[int]], *, max_new_tok
     return GenerationResult(out, stopped, time.perf_counter() - started)
 
 
-__all__ = ["GenerationResult", "NeuralLM", "NextTokenModel", "generate", "top_p_filter"]
+__all__ = ["GenerationResult", "NeuralLM", "NextTokenModel", "generate", "penalize_repeats", "top_p_filter"]

@@ -117,3 +117,24 @@ def test_random_init_mini_has_the_same_context_in_pretraining_and_finetuning(com
     assert pre_net.config.token_dropout and ft_net.config.token_dropout  # the protein convention, from the alphabet
     assert instantiate(compose(["model=mini", "model.max_length=128", f"paths.run_dir={tmp_path}"]).model,
                        tokenizer=alphabet).config.max_length == 128
+
+
+BAD_VALUES = [
+    ("code_completion", ["task.steps=0"], "task.steps=0"),
+    ("code_completion", ["task.retrieval=true", "task.gate_prompts=0"], "task.gate_prompts=0"),
+    ("secondary_structure", ["task.train.batch_size=-1"], "task.train.batch_size=-1"),
+    ("contacts", ["task.supervised.max_steps=0"], "task.supervised.max_steps=0"),
+]
+
+
+@pytest.mark.parametrize(("task", "bad", "named"), BAD_VALUES, ids=[b[2] for b in BAD_VALUES])
+def test_a_bad_task_value_is_refused_before_a_model_or_logger_is_built(compose, tmp_path, task, bad, named, capsys):
+    from fm_core.errors import run_cli
+
+    run_dir = tmp_path / "run"
+    cfg = compose(["model=tiny", f"task={task}", *bad, "logger=csv", f"paths.run_dir={run_dir}"], config_name="finetune")
+    with pytest.raises(SystemExit) as done:
+        run_cli("fm-finetune", lambda: finetune(cfg))
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.startswith(f"fm-finetune: error: {named}: must be greater than 0"), err
+    assert not run_dir.exists() or not [p for p in run_dir.iterdir() if p.name != ".lock"]  # no logger output

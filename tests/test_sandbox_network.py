@@ -32,7 +32,7 @@ def test_untrusted_code_is_bounded():
     net = run_untrusted("import socket\nsocket.create_connection(('192.0.2.1', 80), timeout=2)")
     assert net.returncode != 0 and "network access is disabled" in net.stderr
     raw = run_untrusted("import _socket\ns = _socket.socket()\ns.settimeout(2)\ns.connect(('192.0.2.1', 80))")
-    assert raw.returncode != 0 and "OSError" in raw.stderr  # unreachable in an empty namespace, or refused
+    assert raw.returncode != 0 and ("OSError" in raw.stderr or "network access is disabled" in raw.stderr)  # unreachable, or refused
     env = run_untrusted("import os\nprint(sorted(os.environ))")
     assert "WANDB" not in env.stdout and "PYTHONPATH" not in env.stdout
 

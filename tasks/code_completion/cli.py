@@ -15,6 +15,8 @@ examples:
   fm-complete --checkpoint runs/finetune/code_completion/<run>/export --file app.py --line 12
   printf 'def add(a, b):\\n    return <cursor>\\n' | fm-complete --checkpoint <export>
   fm-complete --checkpoint <export> --file app.py --line 30 --mode block --max-seconds 5
+  fm-complete --checkpoint <export> --serve      # JSON lines in, JSON lines out; the model loads once
+  fm-complete --checkpoint <export> --repo mypkg --file mypkg/app.py --line 12   # + the package's other files
 
 Errors are one line with exit code 2 (--debug or FM_DEBUG=1 shows the traceback)."""
 
@@ -38,6 +40,12 @@ def parser() -> argparse.ArgumentParser:
                    help="line mode, greedy: let the model choose between its own line and the line retrieved from "
                         "earlier in the file (tasks.code_completion.retrieval, with the gate the task exported); the text "
                         "after the cursor is not used")
+    p.add_argument("--repo", help="repository directory: BM25 chunks of its other source files go ahead of the "
+                                  "prompt (the settings the task exported beside the model; --file is excluded)")
+    p.add_argument("--serve", action="store_true",
+                   help="load the model once, then answer JSON lines on stdin, one JSON line each on stdout: "
+                        '{"prefix": ..., "suffix": ..., "id": ..., "mode": ...} (or "text" with the marker, or "file" '
+                        '+ "line"/"column"); the options above are the defaults of every request')
     return p
 
 

@@ -19,15 +19,20 @@ Generated code is only ever decoded and printed (or parsed with ``ast`` in evalu
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from code_fm.fim_format import FIMTokenizer, fim_layout
 from fm_core.decoding import NextTokenModel, generate
 from fm_core.errors import UserError
+
+
+DECODING_FILE = "decoding.json"  # the repetition handling the task chose on the validation split
 
 
 class CompletionError(UserError, ValueError):
@@ -38,7 +43,7 @@ def indent_of(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 
 
-def block_end(first_line: str, text: str) -> int | None:
+def block_end(first_line: str, text: str, floor: int = 0) -> int | None:
     """Offset in ``text`` (the completion, whose first line continues ``first_line``, the cursor's
     line) where the block ends, or None while it is still open. The block is what is indented at
     least as much as the cursor's line, or more than it when that line opens a block (``:``); a
@@ -46,9 +51,16 @@ def block_end(first_line: str, text: str) -> int | None:
     lines = text.split("\n")
     current = first_line + lines[0]
     base, opens = (indent_of(current), current.rstrip().endswith(":")) if current.strip() else (None, False)
+    # a blank cursor line: the block is at least as indented as the code above it (``floor``)
+    if not first_line and current.strip():  # the cursor at a line start: this is the block's first line
+        if indent_of(current) < floor:
+            return 0
+        opens = False  # e.g. the first line of a function body: the body goes on at its indentation
     offset = len(lines[0]) + 1
     for line in lines[1:-1]:  # the last piece may be an unfinished line
         if line.strip():
+            if base is None and indent_of(line) < floor:
+                return offset - 1
             if base is None:
                 base = indent_of(line)
             elif indent_of(line) < base or (opens and indent_of(line) <= base):
@@ -57,12 +69,29 @@ def block_end(first_line: str, text: str) -> int | None:
     return None
 
 
+def block_floor(prefix: str) -> int:
+    """For a cursor on a blank line: the indentation of the last non-blank line above it, one more when
+    that line opens a block (``:``), so a body is not ended by its own first line nor continued by a
+    line that leaves the enclosing block; 0 when the cursor's line holds code."""
+    lines = prefix.split("\n")
+    if lines[-1].strip():
+        return 0
+    above = next((x for x in reversed(lines[:-1]) if x.strip()), "")
+    return indent_of(above) + (1 if above.rstrip().endswith(":") else 0)
+
+
 @dataclass
 class Prompt:
     ids: list[int]
     healed: str  # text of the dropped last token: the completion must start with it
     truncated_from: int  # prompt tokens before keeping the most recent ``context``
     first_line: str  # the cursor's line up to the cursor
+    floor: int = 0  # a blank cursor line: the indentation the block may not go below (the code above it)
+
+    @property
+    def indented(self) -> bool:
+        """The cursor follows the indentation the user typed (and nothing else) on its line."""
+        return bool(self.first_line) and not self.first_line.strip()
 
 
 @dataclass
@@ -77,43 +106,69 @@ class Completion:
 class Completer:
     """Completion of text at a cursor with any ``NextTokenModel`` sharing the BPE tokenizer."""
 
-    def __init__(self, model: NextTokenModel, tokenizer: FIMTokenizer, context: int):
+    def __init__(self, model: NextTokenModel, tokenizer: FIMTokenizer, context: int, *,
+                 repetition_penalty: float = 1.0, no_repeat_ngram: int = 0):
+        """``repetition_penalty`` / ``no_repeat_ngram``: ``fm_core.decoding.penalize_repeats`` (1.0 and 0 =
+        off); the task chooses them on the validation split and exports them (``DECODING_FILE``)."""
         if context < 8:
             raise ValueError(f"context {context} is too small")
         self.model, self.tok, self.context = model, tokenizer, context
+        self.repetition_penalty, self.no_repeat_ngram = repetition_penalty, no_repeat_ngram
         self.texts = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
         self.special = {int(i) for i in tokenizer.special_ids}
-        self._allowed: dict[str, torch.Tensor] = {}
+        self._allowed: dict[tuple[str, bool], torch.Tensor | None] = {}
 
-    def allowed_after(self, healed: str) -> torch.Tensor | None:
+    def allowed_after(self, healed: str, indented: bool = False) -> torch.Tensor | None:
+        """Tokens that agree with the healed text still to be written: a token that starts with all of
+        it, or one that is a start of it (then the next token continues the rest), so a healed
+        ``"\n    "`` may come back as ``"\n   "`` + ``" return"`` (the tokenization seen in training)
+        and is never forced into deeper indentation. ``indented``: the cursor's line holds only the
+        indentation the user typed, so no token may add whitespace after the healed text."""
         if not healed:
             return None
-        if healed not in self._allowed:
-            self._allowed[healed] = torch.tensor([t.startswith(healed) and i not in self.special
-                                                  for i, t in enumerate(self.texts)])
-        return self._allowed[healed]
+        if (healed, indented) not in self._allowed:
+            def ok(t: str) -> bool:
+                grows = indented and t[len(healed):len(healed) + 1] in (" ", "\t")
+                return bool(t) and ((t.startswith(healed) and not grows) or healed.startswith(t))
 
-    def prompt(self, prefix: str, suffix: str = "", spm: bool = False) -> Prompt:
+            mask = torch.tensor([i not in self.special and ok(t) for i, t in enumerate(self.texts)])
+            self._allowed[(healed, indented)] = mask if bool(mask.any()) else None
+        return self._allowed[(healed, indented)]
+
+    def still_to_heal(self, healed: str, ids: list[int]) -> str:
+        """The part of ``healed`` the generated ``ids`` have not written yet."""
+        if not healed:
+            return ""
+        done = self.tok.decode(ids) if ids else ""
+        return healed[len(done):] if len(done) < len(healed) else ""
+
+    def prompt(self, prefix: str, suffix: str = "", spm: bool = False, preamble: str = "") -> Prompt:
+        """The prompt for a cursor between ``prefix`` and ``suffix``; ``preamble`` (retrieved code, at most
+        half the window) goes ahead of the prefix, which is cut from the left to fit the rest."""
         if not prefix.strip() and not suffix.strip():
             raise CompletionError("empty prompt: there is no code before (or after) the cursor")
         p = list(map(int, self.tok.encode(prefix)))
-        healed = ""
-        if p:
-            healed = self.tok.decode(p[-1:])
-            p = p[:-1]
         first_line = prefix[prefix.rfind("\n") + 1:]
+        drop = 1 if p else 0
+        if first_line and not first_line.strip():  # typed indentation: heal back to the newline before it
+            tail = len(first_line) + ("\n" in prefix)
+            while drop < len(p) and len(t := self.tok.decode(p[-drop - 1:])) <= tail and not t.strip():
+                drop += 1
+        healed = self.tok.decode(p[len(p) - drop:]) if drop else ""
+        p = p[: len(p) - drop]
+        pre = list(map(int, self.tok.encode(preamble)))[: self.context // 2] if preamble else []
         if suffix:
             s = list(map(int, self.tok.encode(suffix)))
-            budget = self.context - 3
+            budget = self.context - 3 - len(pre)
             keep_s = min(len(s), budget // 4)  # the start of the suffix, then as much prefix as fits
             keep_p = min(len(p), budget - keep_s)
-            ids = fim_layout(self.tok, p[len(p) - keep_p:], [], s[:keep_s], spm)
-            total = len(p) + len(s) + 3
+            ids = fim_layout(self.tok, pre + p[len(p) - keep_p:], [], s[:keep_s], spm)
+            total = len(pre) + len(p) + len(s) + 3
         else:
-            keep_p = min(len(p), self.context - 1)
-            ids = [self.tok.bos_id, *p[len(p) - keep_p:]]
-            total = len(p) + 1
-        return Prompt(ids, healed, total if total > len(ids) else 0, first_line)
+            keep_p = min(len(p), self.context - 1 - len(pre))
+            ids = [self.tok.bos_id, *pre, *p[len(p) - keep_p:]]
+            total = len(pre) + len(p) + 1
+        return Prompt(ids, healed, total if total > len(ids) else 0, first_line, block_floor(prefix))
 
     def complete(self, prompts: list[Prompt], *, mode: str = "line", max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
@@ -124,19 +179,23 @@ class Completer:
         def text_of(row: int, ids: list[int]) -> str:
             text = self.tok.decode(ids)
             healed = prompts[row].healed
-            return text[len(healed):] if text.startswith(healed) else text
+            if text.startswith(healed):
+                return text[len(healed):]
+            return "" if healed.startswith(text) else text  # "": still writing the healed text
 
         def end(row: int, ids: list[int]) -> int | None:
             text = text_of(row, ids)
             if mode == "line":
                 return text.index("\n") if "\n" in text else None
-            return block_end(prompts[row].first_line, text)
+            return block_end(prompts[row].first_line, text, prompts[row].floor)
 
         res = generate(self.model, [p.ids for p in prompts], max_new_tokens=max_new_tokens,
                        stop=lambda row, ids: end(row, ids) is not None, eos_ids=(self.tok.eos_id,),
-                       first_allowed=[self.allowed_after(p.healed) for p in prompts],
+                       allowed=lambda row, ids: self.allowed_after(self.still_to_heal(prompts[row].healed, ids),
+                                                                   prompts[row].indented),
                        banned=sorted(self.special - {self.tok.eos_id}), temperature=temperature,
-                       top_p=top_p, generator=torch.Generator().manual_seed(seed), max_seconds=max_seconds)
+                       top_p=top_p, generator=torch.Generator().manual_seed(seed), max_seconds=max_seconds,
+                       repetition_penalty=self.repetition_penalty, no_repeat_ngram=self.no_repeat_ngram)
         out = []
         for row, (ids, why) in enumerate(zip(res.ids, res.stopped, strict=True)):
             text = text_of(row, ids)
@@ -172,7 +231,8 @@ def decode_source(raw: bytes, where: str) -> str:
 def cursor_offset(text: str, line: int, column: int, where: str) -> int:
     lines = text.split("\n")
     if not 1 <= line <= len(lines):
-        raise CompletionError(f"{where}: line {line} outside 1..{len(lines)}")
+        raise CompletionError(f"{where}: --line {line} outside 1..{len(lines)} (lines are 1-based; omit --line for "
+                              f"the end of the file)")
     if not 0 <= column <= len(lines[line - 1]):
         raise CompletionError(f"{where}: column {column} outside 0..{len(lines[line - 1])} on line {line}")
     return sum(len(x) + 1 for x in lines[: line - 1]) + column
@@ -195,7 +255,11 @@ def load_completer(checkpoint: str, context: int | None = None) -> tuple[Complet
     if not isinstance(tok, FIMTokenizer):
         raise CompletionError(f"checkpoint {checkpoint}: its tokenizer ({tok.to_dict().get('kind')}) has no "
                               f"fill-in-the-middle sentinels: not a code completion model")
-    return Completer(NeuralLM(net), tok, context or net.config.max_length), tok
+    rules = Path(checkpoint) / DECODING_FILE
+    chosen = json.loads(rules.read_text()) if rules.is_file() else {}
+    return Completer(NeuralLM(net), tok, context or net.config.max_length,
+                     repetition_penalty=float(chosen.get("repetition_penalty", 1.0)),
+                     no_repeat_ngram=int(chosen.get("no_repeat_ngram", 0))), tok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,47 +269,135 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser().parse_args(argv))
 
 
+OPTIONS = ("mode", "max_new_tokens", "temperature", "top_p", "seed", "max_seconds", "retrieval")
+
+
+def file_cursor(path: str, line: int | None, column: int | None) -> tuple[str, str]:
+    """(prefix, suffix) of ``path`` split at a 1-based line and 0-based column (default: the end)."""
+    text = read_source(path)
+    lines = text.split("\n")
+    line = len(lines) if line is None else line
+    column = len(lines[line - 1]) if column is None and 1 <= line <= len(lines) else (column or 0)
+    cut = cursor_offset(text, line, column, f"file {path}")
+    return text[:cut], text[cut:]
+
+
+def answer(completer: Completer, checkpoint: str, prefix: str, suffix: str, opts: dict,
+           preamble: str = "") -> tuple[Completion, list[str]]:
+    """One completion with the options ``OPTIONS`` in ``opts`` (``preamble``: retrieved code ahead of
+    the prompt), and the notes for the user."""
+    if opts["mode"] not in ("line", "block"):
+        raise CompletionError(f"mode must be 'line' or 'block', got {opts['mode']!r}")
+    if opts["retrieval"] and (opts["mode"] != "line" or opts["temperature"] > 0):
+        raise CompletionError("--retrieval works in --mode line with greedy decoding (--temperature 0)")
+    # --retrieval: the gate was fitted on left-to-right prompts, so the text after the cursor is not used
+    prompt = completer.prompt(prefix, "" if opts["retrieval"] or not suffix.strip() else suffix, preamble=preamble)
+    notes = []
+    if prompt.truncated_from:
+        notes.append(f"the prompt has {prompt.truncated_from} tokens; kept the most recent {len(prompt.ids)} "
+                     f"(context {completer.context}), cut from the left")
+    budget = opts["max_new_tokens"] or (48 if opts["mode"] == "line" else 256)
+    (result,) = completer.complete([prompt], mode=opts["mode"], max_new_tokens=budget, temperature=opts["temperature"],
+                                   top_p=opts["top_p"], seed=opts["seed"], max_seconds=opts["max_seconds"])
+    if opts["retrieval"]:
+        from tasks.code_completion.retrieval import RetrievalGate, choose
+
+        try:
+            gate = RetrievalGate.load(checkpoint)
+        except (FileNotFoundError, ValueError) as err:
+            raise CompletionError(f"checkpoint {err}") from err
+        result.text = choose(gate, completer, [prefix], [result.text])[0]
+    if result.stopped == "time":
+        notes.append(f"stopped after {opts['max_seconds']:g} s (--max-seconds)")
+    return result, notes
+
+
 def run(args: argparse.Namespace) -> int:
-    """Complete at the cursor ``args`` describe; print the completion; the exit code."""
+    """Complete at the cursor ``args`` describe (or serve requests, ``--serve``); the exit code."""
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    opts = {k: getattr(args, k) for k in OPTIONS}
     try:
+        if args.serve:
+            completer, tok = load_completer(args.checkpoint, args.context)
+            return serve(completer, args.checkpoint, opts, args.marker, repo_context(args, tok))
         if args.file:
-            text = read_source(args.file)
-            lines = text.split("\n")
-            line = args.line or len(lines)
-            column = len(lines[line - 1]) if args.column is None and 1 <= line <= len(lines) else (args.column or 0)
-            cut = cursor_offset(text, line, column, f"file {args.file}")
-            prefix, suffix = text[:cut], text[cut:]
+            prefix, suffix = file_cursor(args.file, args.line, args.column)
         else:
             text = decode_source(sys.stdin.buffer.read(), "stdin")
             text = text[:-1] if text.endswith("\n") else text
             prefix, _, suffix = text.partition(args.marker)
-        completer, _ = load_completer(args.checkpoint, args.context)
-        if args.retrieval and (args.mode != "line" or args.temperature > 0):
-            raise CompletionError("--retrieval works in --mode line with greedy decoding (--temperature 0)")
-        # --retrieval: the gate was fitted on left-to-right prompts, so the text after the cursor is not used
-        prompt = completer.prompt(prefix, "" if args.retrieval or not suffix.strip() else suffix)
-        if prompt.truncated_from:
-            print(f"fm-complete: the prompt has {prompt.truncated_from} tokens; kept the most recent "
-                  f"{len(prompt.ids)} (context {completer.context})", file=sys.stderr)
-        budget = args.max_new_tokens or (48 if args.mode == "line" else 256)
-        (result,) = completer.complete([prompt], mode=args.mode, max_new_tokens=budget,
-                                       temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                       max_seconds=args.max_seconds)
-        if args.retrieval:
-            from tasks.code_completion.retrieval import RetrievalGate, choose
-
-            try:
-                gate = RetrievalGate.load(args.checkpoint)
-            except (FileNotFoundError, ValueError) as err:
-                raise CompletionError(f"checkpoint {err}") from err
-            result.text = choose(gate, completer, [prefix], [result.text])[0]
+        completer, tok = load_completer(args.checkpoint, args.context)
+        repo = repo_context(args, tok)
+        result, notes = answer(completer, args.checkpoint, prefix, suffix, opts,
+                               repo.preamble(prefix, args.file) if repo else "")
     except CompletionError as err:
         print(f"fm-complete: {err}", file=sys.stderr)
         return 2
     print(result.text)
-    if result.stopped == "time":
-        print(f"fm-complete: stopped after {args.max_seconds:g} s (--max-seconds)", file=sys.stderr)
+    for note in notes:
+        print(f"fm-complete: {note}", file=sys.stderr)
+    return 0
+
+
+def repo_context(args: argparse.Namespace, tok: FIMTokenizer) -> Any:
+    """``--repo DIR`` indexed once (``tasks.code_completion.repo_retrieval.RepoContext``), or None;
+    the files it skipped are named on stderr."""
+    if not args.repo:
+        return None
+    from tasks.code_completion.repo_retrieval import RepoContext
+
+    repo = RepoContext(args.checkpoint, args.repo, tok)
+    for why in repo.skipped:
+        print(f"fm-complete: --repo: skipped {why}", file=sys.stderr)
+    print(f"fm-complete: --repo {args.repo}: {repo.files} files indexed, {len(repo.skipped)} skipped", file=sys.stderr)
+    return repo
+
+
+def request_text(req: dict, marker: str) -> tuple[str, str]:
+    """(prefix, suffix) of one ``--serve`` request: ``prefix`` [+ ``suffix``], ``text`` with the cursor
+    marker, or ``file`` [+ ``line``, ``column``]."""
+    unknown = sorted(set(req) - {"id", "prefix", "suffix", "text", "file", "line", "column", *OPTIONS})
+    if unknown:
+        raise CompletionError(f"unknown keys {unknown}; a request has prefix [suffix] | text | file [line column], "
+                              f"id and any of {list(OPTIONS)}")
+    if "file" in req:
+        return file_cursor(str(req["file"]), req.get("line"), req.get("column"))
+    if isinstance(req.get("text"), str):
+        prefix, _, suffix = req["text"].partition(marker)
+        return prefix, suffix
+    if not isinstance(req.get("prefix"), str) or not isinstance(req.get("suffix", ""), str):
+        raise CompletionError("a request needs 'prefix' (a string), 'text' or 'file'")
+    return req["prefix"], req.get("suffix", "")
+
+
+def serve(completer: Completer, checkpoint: str, defaults: dict, marker: str, repo: Any = None) -> int:
+    """``--serve``: the model loads once; then one JSON request per stdin line, one JSON reply per stdout
+    line (``text``, ``stopped``, ``seconds``, ``prompt_tokens``, ``truncated_from``, ``notes``, or
+    ``error``), in order, until stdin closes. A bad request gets an error reply; the server goes on."""
+    print(json.dumps({"ready": True, "context": completer.context}), flush=True)
+    for n, raw in enumerate(sys.stdin, 1):
+        if not raw.strip():
+            continue
+        req: Any = {}
+        try:
+            try:
+                req = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise CompletionError(f"not JSON ({err})") from err
+            if not isinstance(req, dict):
+                raise CompletionError("a request is a JSON object")
+            prefix, suffix = request_text(req, marker)
+            pre = repo.preamble(prefix, req.get("file")) if repo else ""
+            result, notes = answer(completer, checkpoint, prefix, suffix,
+                                   {**defaults, **{k: req[k] for k in OPTIONS if k in req}}, pre)
+            reply: dict[str, Any] = {"text": result.text, "stopped": result.stopped, "seconds": round(result.seconds, 4),
+                                     "prompt_tokens": result.prompt_tokens, "truncated_from": result.truncated_from,
+                                     "notes": notes}
+        except (CompletionError, ValueError, TypeError) as err:
+            reply = {"error": f"request {n}: {err}"}
+        if isinstance(req, dict) and "id" in req:
+            reply["id"] = req["id"]
+        print(json.dumps(reply), flush=True)
     return 0
 
 
@@ -253,4 +405,4 @@ def cli() -> None:
     sys.exit(main())  # the console command is tasks.code_completion.cli.main
 
 
-__all__ = ["Completer", "Completion", "CompletionError", "Prompt", "block_end", "load_completer", "main"]
+__all__ = ["Completer", "Completion", "CompletionError", "Prompt", "answer", "block_end", "load_completer", "main", "serve"]

@@ -134,13 +134,18 @@ class RetrievalGate:
 
 
 def continuation(prefix: str) -> tuple[str, float]:
-    """The retrieved line as a continuation of the cursor's line: with the cursor inside a line, only
-    a retrieved line that starts with the text already typed counts, and the rest of it is returned."""
+    """The retrieved line as a continuation of the cursor's line, whatever its indentation: at a line
+    start, the whole line; with the cursor after typed indentation (as in an editor), the line's
+    code without its own indentation; inside a line, only a retrieved line whose code starts with
+    the code already typed counts, and the rest of it is returned."""
     typed = prefix[prefix.rfind("\n") + 1 :]
     line, similarity = retrieve(prefix[: len(prefix) - len(typed)])
-    if not line.startswith(typed):
+    if not typed:
+        return line, similarity
+    code, typed_code = line.lstrip(" \t"), typed.lstrip(" \t")
+    if not code.startswith(typed_code):
         return "", similarity
-    return line[len(typed) :], similarity
+    return code[len(typed_code) :], similarity
 
 
 def candidates(completer: Any, prefixes: Sequence[str], own: Sequence[str]) -> tuple[np.ndarray, list[str]]:

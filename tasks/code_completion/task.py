@@ -33,14 +33,17 @@ from tqdm import tqdm
 
 from code_fm.fim import FIMDataModule
 from code_fm.fim_format import FIMTokenizer
+from fm_core.config import require_positive
 from fm_core.decoding import NeuralLM
 from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
+from fm_core.label_budget import Subset, label_budget
 from fm_core.module import CausalLMModule
 from fm_core.schedules import warmup_decay
 from fm_core.shards import ShardDataset, load_tokenizer
 from tasks.code_completion import evaluate as ev
-from tasks.code_completion.complete import Completer
+from tasks.code_completion.complete import DECODING_FILE, Completer
+from tasks.code_completion.humaneval import HumanEvalBench  # noqa: F401  (instantiated from the YAML)
 from tasks.code_completion.ngram import NgramLM
 from tasks.code_completion.retrieval import RetrievalGate, choose, fit_gate
 
@@ -54,13 +57,21 @@ class CodeCompletionTask:
     def __init__(self, *, data_dir: str, max_length: int, max_tokens: int, steps: int, lr: float,
                  warmup_steps: int, weight_decay: float, fim_rate: float, spm_rate: float, eval_split: str,
                  line_prompts: int, fim_prompts: int, functions: int, ngram_order: int, batch_size: int,
-                 random_init_baseline: bool, threads: int, retrieval: bool, gate_prompts: int, gate_split: str):
+                 random_init_baseline: bool, threads: int, retrieval: bool, gate_prompts: int, gate_split: str,
+                 train_size: int | float | None, humaneval: Any, decoding_prompts: int, decoding_grid: list[Any],
+                 repo_retrieval: Any):
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
+        require_positive("task", steps=steps, lr=lr, max_length=max_length, max_tokens=max_tokens,
+                         batch_size=batch_size, ngram_order=ngram_order, line_prompts=line_prompts,
+                         gate_prompts=gate_prompts if retrieval else None)
 
-    def adapt(self, run: FinetuneRun, net: torch.nn.Module, tok: FIMTokenizer, name: str) -> dict[str, float]:
-        """Continue training ``net`` (causal) on FIM-formatted windows of the train split."""
+    def adapt(self, run: FinetuneRun, net: torch.nn.Module, tok: FIMTokenizer, name: str,
+              budget: Subset) -> dict[str, float]:
+        """Continue training ``net`` (causal) on FIM-formatted windows of the budget's train files."""
         dm = FIMDataModule(tok, self.data_dir, fim_rate=self.fim_rate, spm_rate=self.spm_rate,
                            max_length=self.max_length, max_tokens=self.max_tokens, seed=run.seed)
+        dm.setup("fit")
+        dm.train_set = budget.view(dm.train_set)
         module = CausalLMModule(
             net, functools.partial(torch.optim.AdamW, lr=self.lr, betas=(0.9, 0.98), weight_decay=self.weight_decay),
             functools.partial(warmup_decay, warmup_steps=self.warmup_steps, total_steps=self.steps),
@@ -83,11 +94,18 @@ class CodeCompletionTask:
         if self.random_init_baseline and run.init_from:
             systems["random_init"] = run.random_backbone(net, tok)
         systems = {name: net, **systems}
+        train = ShardDataset(Path(self.data_dir) / "train")
+        budget = label_budget(train.column("path"), self.train_size, run.seed)  # whole files (fm_core.label_budget)
+        metrics.update(budget.metrics)
         for key, model in systems.items():
-            metrics.update(self.adapt(run, model, tok, key))
+            metrics.update(self.adapt(run, model, tok, key, budget))
         export = save_pretrained(Path(run.run_dir) / "export", net.eval(), tok,
                                  metadata={"task": "code_completion", "init_from": run.init_from or "random"})
         metrics["export"] = str(export)
+        if "random_init" in systems and name != "random_init":  # the twin too, for later benchmark runs
+            metrics["export_random_init"] = str(save_pretrained(
+                Path(run.run_dir) / "export_random_init", systems["random_init"].eval(), tok,
+                metadata={"task": "code_completion", "init_from": "random"}))
 
         # held-out files and the baselines fitted on the train split
         texts = self.texts(tok, self.eval_split)
@@ -96,12 +114,12 @@ class CodeCompletionTask:
         funcs = ev.function_cases(texts, self.functions, run.seed + 2)
         metrics.update({"data/eval_files": len(texts), "data/line_prompts": len(lines),
                         "data/fim_prompts": len(fims), "data/functions": len(funcs)})
-        train = ShardDataset(Path(self.data_dir) / "train")
-        ngram = NgramLM(tok.vocab_size, self.ngram_order).fit((train.array(i) for i in range(len(train))), tok.bos_id)
+        ngram = NgramLM(tok.vocab_size, self.ngram_order).fit((train.array(int(i)) for i in budget.indices), tok.bos_id)
         line_preds: dict[str, list[str]] = {"copy_line": []}
         results: dict[str, dict[str, float]] = {"copy_line": ev.evaluate_copy_line(lines, fims, line_preds["copy_line"])}
         completers = {key: Completer(NeuralLM(model), tok, self.max_length) for key, model in systems.items()}
         completers[f"ngram{self.ngram_order}"] = Completer(ngram, tok, self.max_length)
+        metrics.update(self.choose_decoding(completers, tok, run.seed, export if name in completers else None, name))
         gate_cases: list[ev.LineCase] = []
         if self.retrieval:
             gate_cases = ev.line_cases(self.texts(tok, self.gate_split), self.gate_prompts, run.seed + 3)
@@ -121,8 +139,79 @@ class CodeCompletionTask:
             metrics.update({f"{metric}/{key}": value for metric, value in res.items()})
         if run.init_from:
             metrics.update(beats_baselines(results))
+        if self.repo_retrieval is not None:
+            metrics.update(self.run_repo_retrieval(completers, lines, line_preds, tok, export, run.seed))
         metrics.update(self.write_line_predictions(Path(run.run_dir), lines, line_preds, run.seed))
         print(table(results))
+        if self.humaneval is not None:
+            metrics.update(self.run_humaneval(completers, run.seed))
+        return metrics
+
+    def choose_decoding(self, completers: dict[str, Completer], tok: FIMTokenizer, seed: int, export: Path | None,
+                        name: str) -> dict[str, float]:
+        """Per system, the repetition handling of ``decoding_grid`` whose greedy line completions have the
+        best edit similarity on ``decoding_prompts`` prompts of ``gate_split`` (never the evaluation files);
+        the model's choice is exported (``DECODING_FILE``) for fm-complete."""
+        cases = ev.line_cases(self.texts(tok, self.gate_split), self.decoding_prompts, seed + 4)
+        out: dict[str, float] = {"data/decoding_prompts": len(cases)}
+        for key, c in completers.items():
+            scored = []
+            for option in self.decoding_grid:
+                c.repetition_penalty, c.no_repeat_ngram = float(option["repetition_penalty"]), int(option["no_repeat_ngram"])
+                preds = ev.greedy(c, [c.prompt(x.prefix) for x in cases], "line", ev.LINE_TOKENS, self.batch_size)
+                scored.append((ev.line_scores(preds, [x.target for x in cases])["edit_sim"] if cases else 0.0,
+                               c.repetition_penalty, c.no_repeat_ngram))
+            best = max(scored, key=lambda x: x[0])  # ties: the first (the grid starts with "off")
+            _, c.repetition_penalty, c.no_repeat_ngram = best
+            out.update({f"decoding/valid_edit_sim/{key}": best[0], f"decoding/repetition_penalty/{key}": best[1],
+                        f"decoding/no_repeat_ngram/{key}": best[2]})
+            if key == name and export is not None:
+                (export / DECODING_FILE).write_text(json.dumps(
+                    {"repetition_penalty": best[1], "no_repeat_ngram": best[2], "chosen_on": f"{len(cases)} "
+                     f"{self.gate_split} line prompts"}, indent=2) + "\n")
+        return out
+
+    def run_repo_retrieval(self, completers: dict[str, Completer], lines: list[ev.LineCase],
+                           line_preds: dict[str, list[str]], tok: FIMTokenizer, export: Path | None,
+                           seed: int) -> dict[str, Any]:
+        """Repository-level retrieval (``tasks.code_completion.repo_retrieval``) on the evaluation line
+        prompts: every system with the same retrieved chunks (``<system>+repo``, added to
+        ``line_preds``), line scores and paired intervals; the settings are exported for ``fm-complete --repo``."""
+        from tasks.code_completion.repo_retrieval import SETTINGS_FILE, evaluate_repo
+
+        names = [str(x) for x in ShardDataset(Path(self.data_dir) / self.eval_split).column("path")]
+        texts = self.texts(tok, self.eval_split)
+        args = dict(self.repo_retrieval)
+        preds, metrics = evaluate_repo(completers, args, lines, names, texts, tok, batch_size=self.batch_size,
+                                       line_tokens=ev.LINE_TOKENS)
+        line_preds.update(preds)
+        targets = [c.target for c in lines]
+        for key, got in preds.items():
+            metrics.update({f"line/{m}/{key}": v for m, v in ev.line_scores(got, targets).items()})
+        metrics.update(repo_comparisons(line_preds, targets, seed))
+        if export is not None:
+            (export / SETTINGS_FILE).write_text(json.dumps(args, indent=2) + "\n")
+        return metrics
+
+    def run_humaneval(self, completers: dict[str, Completer], seed: int) -> dict[str, float]:
+        """HumanEval and its single-line infilling (``tasks.code_completion.humaneval``) for every system
+        of the run and copy-line, with paired intervals of the model against each other system."""
+        from hydra.utils import instantiate
+
+        bench = instantiate(self.humaneval)
+        train = ShardDataset(Path(self.data_dir) / "train")
+        tok = load_tokenizer(self.data_dir)
+
+        def corpus():  # the pre-training (and fine-tuning) files, for the decontamination check
+            paths = train.column("path")
+            return ((str(paths[i]), tok.decode(train.array(i))) for i in range(len(train)))
+
+        metrics, per_task = bench.run(completers, seed, corpus)
+        for other in (k for k in per_task if k != "model" and "model" in per_task):
+            for metric, scores in per_task["model"].items():
+                boot = ev.paired_bootstrap(scores, per_task[other][metric], seed=seed)
+                metrics.update({f"paired/{metric}/model-{other}/{k}": v for k, v in boot.items()})
+        print(humaneval_table(metrics, list(per_task)))
         return metrics
 
     def texts(self, tok: FIMTokenizer, split: str) -> list[str]:
@@ -176,3 +265,36 @@ def table(results: dict[str, dict[str, float]]) -> str:
     for key, res in results.items():
         rows.append(f"{key:<14}" + "".join(f"{res[c]:>20.2f}" if c in res else f"{'-':>20}" for c in TABLE_METRICS))
     return "\n".join(rows)
+
+
+def humaneval_table(metrics: dict[str, float], systems: list[str]) -> str:
+    cols = [c for c in ("humaneval/pass@1", "humaneval/pass@10", "humaneval/greedy_pass@1", "humaneval_infill/pass@1",
+                        "humaneval_infill/exact_match") if any(f"{c}/{k}" in metrics for k in systems)]
+    rows = [f"{'system':<14}" + "".join(f"{c.replace('humaneval', 'he'):>22}" for c in cols)]
+    for key in systems:
+        rows.append(f"{key:<14}" + "".join(f"{metrics[f'{c}/{key}']:>22.2f}" if f"{c}/{key}" in metrics else f"{'-':>22}"
+                                          for c in cols))
+    return "\n".join(rows)
+
+
+def repo_comparisons(preds: dict[str, list[str]], targets: list[str], seed: int) -> dict[str, Any]:
+    """Paired bootstrap intervals on the same prompts, per line metric: the best neural system with
+    repository retrieval against the best non-neural one with the same chunks (``beats_baselines_repo``:
+    the interval lies above zero), the model against its twin with retrieval, and retrieval's gain."""
+    scores = {k: ev.per_prompt_scores(v, targets) for k, v in preds.items()}
+    neural = [k for k in scores if k.endswith("+repo") and k.split("+")[0] in ("model", "random_init")]
+    plain = [k for k in scores if k.endswith("+repo") and k not in neural]
+    out: dict[str, Any] = {}
+    for metric in ("exact_match", "edit_sim"):
+        pairs = [("model+repo", "random_init+repo"), ("model+repo", "model")]
+        if neural and plain:
+            best_n = max(neural, key=lambda k: scores[k][metric].mean())
+            best_p = max(plain, key=lambda k: scores[k][metric].mean())
+            pairs.append((best_n, best_p))
+        for a, b in pairs:
+            if a in scores and b in scores:
+                boot = ev.paired_bootstrap(scores[a][metric], scores[b][metric], seed=seed)
+                out.update({f"paired/line/{metric}/{a}-{b}/{k}": v for k, v in boot.items()})
+        if neural and plain:
+            out[f"beats_baselines_repo/line/{metric}"] = bool(out[f"paired/line/{metric}/{best_n}-{best_p}/ci95_low"] > 0)
+    return out

@@ -1,0 +1,93 @@
+"""Repository-level retrieval on the held-out stdlib split, from a finished `fm-finetune
+task=code_completion` run: the model (`export/`), its random-init twin (`export_random_init/`), the
+n-gram and copy-line, each in-file (the run's own `line_predictions.jsonl`) and with the same BM25
+chunks of the package's other files (`<system>+repo`), on the run's line prompts, with paired
+bootstrap intervals. The settings are the task's YAML (`conf/task/code_completion.yaml`,
+`repo_retrieval:`), each system's repetition handling the one the run chose (`metrics.json`).
+Also writes the settings into the export for `fm-complete --repo`.
+
+    nice -n 10 python bench/code_repo_retrieval.py --run runs/code_completion [overrides: task.repo_retrieval.top_k=4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from common import RESULTS, machine
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="fm_conf", version_base=None):
+        return hydra_compose(config_name="finetune", overrides=["task=code_completion", *overrides])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--out", default=str(RESULTS / "code_repo_retrieval.json"))
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    import torch
+    from hydra.utils import instantiate
+
+    from fm_core.decoding import NeuralLM
+    from fm_core.export import load_pretrained
+    from fm_core.shards import ShardDataset, load_tokenizer
+    from tasks.code_completion import evaluate as ev
+    from tasks.code_completion.complete import Completer
+    from tasks.code_completion.ngram import NgramLM
+    from tasks.code_completion.repo_retrieval import SETTINGS_FILE
+
+    torch.set_num_threads(1)
+    run = Path(args.run)
+    done = json.loads((run / "metrics.json").read_text())
+    cfg = compose(args.overrides)
+    task = instantiate({k: v for k, v in cfg.task.items() if k != "name"}, _recursive_=False)
+    tok = load_tokenizer(task.data_dir)
+    rows = [json.loads(x) for x in (run / "line_predictions.jsonl").read_text().splitlines()]
+    lines = ev.line_cases(task.texts(tok, task.eval_split), len(rows), int(cfg.seed))
+    assert [c.target for c in lines] == [r["target"] for r in rows], "the run's prompts differ from these"
+    systems = {"model": run / "export", "random_init": run / "export_random_init"}
+    completers = {k: Completer(NeuralLM(load_pretrained(str(p))[0]), tok, task.max_length) for k, p in systems.items()}
+    train = ShardDataset(Path(task.data_dir) / "train")
+    ngram = f"ngram{task.ngram_order}"
+    completers[ngram] = Completer(NgramLM(tok.vocab_size, task.ngram_order).fit(
+        (train.array(i) for i in range(len(train))), tok.bos_id), tok, task.max_length)
+    for key, c in completers.items():
+        c.repetition_penalty = float(done.get(f"decoding/repetition_penalty/{key}", 1.0))
+        c.no_repeat_ngram = int(done.get(f"decoding/no_repeat_ngram/{key}", 0))
+    preds = {k: [r[k] for r in rows] for k in ("model", "random_init", ngram, "copy_line")}
+    t = time.perf_counter()
+    metrics = task.run_repo_retrieval(completers, lines, preds, tok, run / "export", int(cfg.seed))
+    metrics["seconds"] = time.perf_counter() - t
+    targets = [c.target for c in lines]
+    for key in ("model", "random_init", ngram, "copy_line"):
+        metrics.update({f"line/{m}/{key}": v for m, v in ev.line_scores(preds[key], targets).items()})
+        repo = f"{key}+repo"  # retrieval's gain for each system
+        for m in ("exact_match", "edit_sim"):
+            boot = ev.paired_bootstrap(ev.per_prompt_scores(preds[repo], targets)[m],
+                                       ev.per_prompt_scores(preds[key], targets)[m], seed=int(cfg.seed))
+            metrics.update({f"paired/line/{m}/{repo}-{key}/{k}": v for k, v in boot.items()})
+    res = {"run": str(run), "prompts": len(lines), "settings": dict(task.repo_retrieval), "metrics": metrics,
+           "settings_file": str(run / "export" / SETTINGS_FILE), "machine": machine(), "command": " ".join(sys.argv)}
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"{'system':<22}{'line EM':>10}{'edit sim':>10}")
+    for key in ("model", "random_init", ngram, "copy_line"):
+        for k in (key, f"{key}+repo"):
+            print(f"{k:<22}{metrics[f'line/exact_match/{k}']:>10.2f}{metrics[f'line/edit_sim/{k}']:>10.2f}")
+    for k, v in metrics.items():
+        if k.startswith(("paired/", "beats_", "repo_retrieval/")) and not k.endswith(("ci95_low", "ci95_high")):
+            lo, hi = k.rsplit("/", 1)[0] + "/ci95_low", k.rsplit("/", 1)[0] + "/ci95_high"
+            print(f"{k:<70} {v:8.2f}" + (f"  [{metrics[lo]:.2f}, {metrics[hi]:.2f}]" if lo in metrics else ""))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

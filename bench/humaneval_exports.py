@@ -1,0 +1,70 @@
+"""HumanEval and its single-line infilling for the exports of a finished `fm-finetune task=code_completion`
+run (the model in `export/`, its twin in `export_random_init/`), the n-gram and copy-line, with the
+bench settings of the task's YAML (`conf/task/code_completion.yaml`, `humaneval:`) and any overrides:
+
+    nice -n 10 python bench/humaneval_exports.py --run runs/code_completion task.humaneval.problems=20
+
+Each system decodes with the repetition handling its run chose (`metrics.json`, else `decoding.json`).
+Writes JSON (flat metrics) and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from code_repo_retrieval import compose
+from common import RESULTS, machine
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--out", default=str(RESULTS / "humaneval_exports.json"))
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    import torch
+    from hydra.utils import instantiate
+
+    from fm_core.decoding import NeuralLM
+    from fm_core.export import load_pretrained
+    from fm_core.shards import ShardDataset
+    from tasks.code_completion.complete import load_completer
+    from tasks.code_completion.ngram import NgramLM
+    from tasks.code_completion.task import humaneval_table
+
+    torch.set_num_threads(1)
+    run = Path(args.run)
+    done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    cfg = compose(args.overrides)
+    task = instantiate({k: v for k, v in cfg.task.items() if k != "name"}, _recursive_=False)
+    completers = {"model": load_completer(str(run / "export"))[0]}
+    tok = completers["model"].tok
+    if (run / "export_random_init").is_dir():
+        net, _ = load_pretrained(str(run / "export_random_init"))
+        completers["random_init"] = type(completers["model"])(NeuralLM(net), tok, task.max_length)
+    train = ShardDataset(Path(task.data_dir) / "train")
+    ngram = f"ngram{task.ngram_order}"
+    completers[ngram] = type(completers["model"])(NgramLM(tok.vocab_size, task.ngram_order).fit(
+        (train.array(i) for i in range(len(train))), tok.bos_id), tok, task.max_length)
+    for key, c in completers.items():
+        if f"decoding/repetition_penalty/{key}" in done:
+            c.repetition_penalty = float(done[f"decoding/repetition_penalty/{key}"])
+            c.no_repeat_ngram = int(done[f"decoding/no_repeat_ngram/{key}"])
+    bench = instantiate(cfg.task.humaneval)
+    t = time.perf_counter()
+    metrics, _ = bench.run(completers, int(cfg.seed))
+    metrics["seconds"] = time.perf_counter() - t
+    res = {"run": str(run), "metrics": metrics, "decoding": {k: [c.repetition_penalty, c.no_repeat_ngram]
+                                                              for k, c in completers.items()},
+           "machine": machine(), "command": " ".join(sys.argv)}
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(humaneval_table(metrics, [*completers, "copy_line"]))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Repository-level retrieval-augmented completion: BM25 over chunks of the repository's *other* files.
+
+For a prompt in file F of repository R (RepoCoder, Zhang et al. 2023; CodeT / ReACC prepend
+retrieved code the same way), the query is the last ``query_lines`` lines before the cursor; the
+corpus is R's files cut into windows of ``chunk_lines`` lines every ``stride`` lines, F excluded
+(its own text is the prompt already; retrieving it would leak the target in evaluation). Scoring is
+BM25 (``bm25s``: Lucene's variant) over identifier tokens (whole identifiers, lower-cased, plus
+their snake / camel parts). The best chunks go ahead of the prompt, each under a comment naming its
+file, as many whole chunks as fit ``budget_tokens`` (the prefix keeps the rest of the window, cut
+from the left); RepoCoder's iterative mode (``iterations`` 2: query again with the first draft
+appended) is an option.
+
+A repository is a directory (``fm-complete --repo DIR``) or, for the prepared corpus, the files of
+one package: the first directory under the corpus root (``python3.11/lib2to3/...`` -> ``lib2to3``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SETTINGS_FILE = "repo_retrieval.json"  # the task's retrieval settings, exported for fm-complete --repo
+WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|\d+")
+PART = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+
+
+def code_tokens(text: str) -> list[str]:
+    """Identifier tokens of ``text`` for BM25: each identifier lower-cased, and its parts when it has several."""
+    out = []
+    for word in WORD.findall(text):
+        out.append(word.lower())
+        parts = PART.findall(word)
+        if len(parts) > 1:
+            out.extend(p.lower() for p in parts)
+    return out
+
+
+@dataclass
+class Chunk:
+    file: str
+    start: int  # 0-based first line
+    text: str
+
+    def as_context(self) -> str:
+        return f"# file: {self.file} (line {self.start + 1})\n{self.text.rstrip()}\n\n"
+
+
+def chunks_of(name: str, text: str, chunk_lines: int, stride: int) -> list[Chunk]:
+    """Windows of ``chunk_lines`` lines every ``stride`` lines (blank-only windows skipped)."""
+    lines = text.split("\n")
+    out = []
+    for start in range(0, max(1, len(lines) - chunk_lines + stride), stride):
+        piece = "\n".join(lines[start : start + chunk_lines])
+        if piece.strip():
+            out.append(Chunk(name, start, piece))
+    return out
+
+
+def package_of(path: str) -> str:
+    """The repository of a prepared-corpus path: the first directory under the corpus root."""
+    parts = Path(path).parts
+    return parts[1] if len(parts) > 2 else path
+
+
+class RepoRetriever:
+    """BM25 over a set of files, searched with one file excluded. Every option is required: the
+    defaults live in ``conf/task/code_completion.yaml`` (``repo_retrieval:``)."""
+
+    def __init__(self, *, chunk_lines: int, stride: int, query_lines: int, top_k: int, budget_tokens: int,
+                 iterations: int):
+        if min(chunk_lines, stride, query_lines, top_k, iterations) < 1 or budget_tokens < 0:
+            raise ValueError("repo_retrieval: chunk_lines, stride, query_lines, top_k and iterations must be >= 1 "
+                             "and budget_tokens >= 0")
+        self.chunk_lines, self.stride, self.query_lines = chunk_lines, stride, query_lines
+        self.top_k, self.budget_tokens, self.iterations = top_k, budget_tokens, iterations
+        self.chunks: list[Chunk] = []
+
+    def index(self, files: dict[str, str]) -> RepoRetriever:
+        import bm25s
+
+        self.chunks = [c for name, text in files.items() for c in chunks_of(name, text, self.chunk_lines, self.stride)]
+        self.files = np.array([c.file for c in self.chunks])
+        self.bm25 = bm25s.BM25()
+        if self.chunks:
+            self.bm25.index([code_tokens(c.text) or ["<empty>"] for c in self.chunks], show_progress=False)
+        return self
+
+    def query(self, prefix: str) -> list[str]:
+        return code_tokens("\n".join(prefix.split("\n")[-self.query_lines:])) or ["<empty>"]
+
+    def search(self, queries: Sequence[str], exclude: str) -> list[list[Chunk]]:
+        """The ``top_k`` chunks for each query text, none from the file ``exclude``."""
+        keep = (self.files != exclude).astype(np.float32) if self.chunks else np.zeros(0, np.float32)
+        k = min(self.top_k, int(keep.sum()))
+        if k == 0 or not queries:
+            return [[] for _ in queries]
+        ids, scores = self.bm25.retrieve([self.query(q) for q in queries], k=k, show_progress=False,
+                                         weight_mask=keep, n_threads=1)
+        return [[self.chunks[int(i)] for i, s in zip(row, srow, strict=True) if s > 0]
+                for row, srow in zip(ids, scores, strict=True)]
+
+    def preamble(self, chunks: Sequence[Chunk], tok: Any) -> str:
+        """The retrieved chunks (best first) that fit ``budget_tokens`` whole, best placed last (nearest
+        the prompt)."""
+        kept, used = [], 0
+        for c in chunks:
+            n = len(tok.encode(c.as_context()))
+            if used + n > self.budget_tokens:
+                continue
+            kept.append(c)
+            used += n
+        return "".join(c.as_context() for c in reversed(kept))
+
+
+def read_repo(directory: str, extensions: Sequence[str] = (".py",)) -> tuple[dict[str, str], list[str]]:
+    """The UTF-8 source files under ``directory`` (relative names) and the skipped ones with why
+    (binary, not UTF-8, unreadable): a bad file is reported by name and skipped, never fatal."""
+    root = Path(directory)
+    files, skipped = {}, []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in extensions):
+        name = str(path.relative_to(root))
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            skipped.append(f"{name}: cannot read ({err.strerror})")
+            continue
+        if b"\0" in raw:
+            skipped.append(f"{name}: binary (NUL byte)")
+            continue
+        try:
+            files[name] = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            skipped.append(f"{name}: not UTF-8 (invalid byte at offset {err.start})")
+    return files, skipped
+
+
+def preambles(retriever_args: dict[str, Any], cases: Sequence[Any], names: Sequence[str], texts: Sequence[str],
+              tok: Any, drafts: Sequence[str] | None = None) -> tuple[list[str], dict[str, float]]:
+    """For each line case (``case.file`` indexes ``names`` / ``texts``), the retrieved preamble from the
+    other files of its package (``drafts``: RepoCoder's second round, the query extended by a first
+    completion); and counts (cases with anything retrieved, mean preamble tokens)."""
+    by_repo: dict[str, dict[str, str]] = {}
+    for name, text in zip(names, texts, strict=True):
+        by_repo.setdefault(package_of(name), {})[name] = text
+    retrievers = {repo: RepoRetriever(**retriever_args).index(files) for repo, files in by_repo.items()}
+    out = [""] * len(cases)
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(cases):
+        groups.setdefault(c.file, []).append(i)
+    for f, idx in groups.items():
+        r = retrievers[package_of(names[f])]
+        queries = [cases[i].prefix + (drafts[i] if drafts is not None else "") for i in idx]
+        for i, found in zip(idx, r.search(queries, exclude=names[f]), strict=True):
+            out[i] = r.preamble(found, tok)
+    sizes = [len(tok.encode(x)) if x else 0 for x in out]
+    return out, {"retrieved_share": 100.0 * float(np.mean([n > 0 for n in sizes])) if sizes else 0.0,
+                 "mean_preamble_tokens": float(np.mean(sizes)) if sizes else 0.0}
+
+
+def evaluate_repo(completers: dict[str, Any], retriever_args: dict[str, Any], cases: Sequence[Any],
+                  names: Sequence[str], texts: Sequence[str], tok: Any, *, batch_size: int,
+                  line_tokens: int) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Line completions of every system with the retrieved chunks ahead of the prompt: each completer
+    (``<key>+repo``) and copy-line over the same chunks + the prefix (``copy_line+repo``)."""
+    from tasks.code_completion.evaluate import copy_line, greedy
+
+    pre, counts = preambles(retriever_args, cases, names, texts, tok)
+    preds = {"copy_line+repo": [copy_line(p + c.prefix) for p, c in zip(pre, cases, strict=True)]}
+    iterations = int(retriever_args["iterations"])
+    for key, comp in completers.items():
+        got = greedy(comp, [comp.prompt(c.prefix, preamble=p) for c, p in zip(cases, pre, strict=True)], "line",
+                     line_tokens, batch_size)
+        if iterations > 1:  # RepoCoder: retrieve again with the first draft in the query
+            again, _ = preambles(retriever_args, cases, names, texts, tok, drafts=got)
+            got = greedy(comp, [comp.prompt(c.prefix, preamble=p) for c, p in zip(cases, again, strict=True)], "line",
+                         line_tokens, batch_size)
+        preds[f"{key}+repo"] = got
+    return preds, {f"repo_retrieval/{k}": v for k, v in counts.items()}
+
+
+class RepoContext:
+    """``fm-complete --repo DIR``: DIR's source files indexed once with the settings the task exported
+    beside the model; each completion gets the chunks of the other files ahead of its prompt."""
+
+    def __init__(self, checkpoint: str, directory: str, tok: Any):
+        import json
+
+        from tasks.code_completion.complete import CompletionError
+
+        settings = Path(checkpoint) / SETTINGS_FILE
+        if not settings.is_file():
+            raise CompletionError(f"checkpoint {checkpoint}: no {SETTINGS_FILE} (fm-finetune task=code_completion "
+                                  f"writes it with task.repo_retrieval set)")
+        if not Path(directory).is_dir():
+            raise CompletionError(f"--repo {directory}: not a directory")
+        self.root = Path(directory).resolve()
+        files, self.skipped = read_repo(directory)
+        self.retriever = RepoRetriever(**json.loads(settings.read_text())).index(files)
+        self.tok, self.files = tok, len(files)
+
+    def preamble(self, prefix: str, file: str | None) -> str:
+        """The retrieved chunks for ``prefix``, none from ``file`` (the file being edited)."""
+        exclude = ""
+        if file:
+            path = Path(file).resolve()
+            exclude = str(path.relative_to(self.root)) if path.is_relative_to(self.root) else ""
+        (found,) = self.retriever.search([prefix], exclude)
+        return self.retriever.preamble(found, self.tok)
+
+
+__all__ = ["SETTINGS_FILE", "Chunk", "RepoContext", "RepoRetriever", "chunks_of", "code_tokens", "evaluate_repo", "package_of", "preambles", "read_repo"]

@@ -1,0 +1,108 @@
+"""Repository-level retrieval: BM25 over the other files of the prompt's repository (its own file
+excluded), the retrieved chunks ahead of the prompt within the budget and named by file, bad files
+skipped by name, and fm-complete --repo."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.code_completion.evaluate import LineCase
+from tasks.code_completion.repo_retrieval import (SETTINGS_FILE, RepoRetriever, chunks_of, code_tokens, preambles,
+                                                  read_repo)
+
+SETTINGS = {"chunk_lines": 3, "stride": 2, "query_lines": 2, "top_k": 4, "budget_tokens": 400, "iterations": 1}
+FILES = {
+    "pkg/tokens.py": "def parse_token(stream):\n    return stream.next_token()\n",
+    "pkg/parser.py": "from pkg.tokens import parse_token\n\nclass Parser:\n    def run(self, stream):\n"
+                     "        tok = parse_token(stream)\n        return tok\n",
+    "pkg/unrelated.py": "import os\nprint(os.getcwd())\n",
+}
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    from code_fm.bpe import train_bpe
+
+    return train_bpe(list(FILES.values()) * 3, vocab_size=300, min_frequency=1)
+
+
+def test_tokens_and_chunks():
+    assert code_tokens("parseToken(HTTP_server2)") == ["parsetoken", "parse", "token", "http_server2", "http",
+                                                       "server", "2"]
+    chunks = chunks_of("m.py", "a\nb\nc\nd\ne", 3, 2)
+    assert [(c.start, c.text) for c in chunks] == [(0, "a\nb\nc"), (2, "c\nd\ne")]
+    assert chunks[0].as_context() == "# file: m.py (line 1)\na\nb\nc\n\n"
+
+
+def test_search_never_returns_the_query_file(bpe):
+    r = RepoRetriever(**SETTINGS).index(FILES)
+    query = "class Parser:\n    def run(self, stream):\n        tok = parse_token(stream)\n"
+    (own_excluded,) = r.search([query], exclude="pkg/parser.py")
+    assert own_excluded and all(c.file != "pkg/parser.py" for c in own_excluded)
+    assert own_excluded[0].file == "pkg/tokens.py"  # the definition of parse_token ranks first
+    (anything,) = r.search([query], exclude="pkg/tokens.py")
+    assert anything[0].file == "pkg/parser.py"  # without the exclusion the file itself would win
+    pre = r.preamble(own_excluded, bpe)
+    assert pre.startswith("# file: ") and pre.rstrip().endswith("stream.next_token()")  # best chunk nearest the prompt
+    small = RepoRetriever(**{**SETTINGS, "budget_tokens": len(bpe.encode(own_excluded[0].as_context()))})
+    assert small.index(FILES).preamble(own_excluded, bpe) == own_excluded[0].as_context()  # whole chunks within budget
+
+
+def test_preambles_stay_inside_the_package(bpe):
+    names = ["py/pkg/a.py", "py/pkg/b.py", "py/other/c.py"]
+    texts = ["def shared_helper():\n    pass\n", "x = shared_helper()\n", "def shared_helper():\n    return 1\n"]
+    cases = [LineCase(1, "x = shared_helper()\n", "y", ""), LineCase(0, "def shared_helper():\n", "    pass", "")]
+    pre, counts = preambles(SETTINGS, cases, names, texts, bpe)
+    assert "# file: py/pkg/a.py" in pre[0] and "other" not in pre[0]  # b.py sees a.py, never c.py (another package)
+    assert "py/pkg/a.py" not in pre[1]  # a.py's own text is not retrieved for a.py
+    assert counts["retrieved_share"] == 100.0
+
+
+def test_bad_files_are_skipped_by_name(tmp_path):
+    (tmp_path / "good.py").write_text("x = 1\n")
+    (tmp_path / "blob.py").write_bytes(b"x\0y")
+    (tmp_path / "latin.py").write_bytes(b"s = '\xe9'\n")
+    files, skipped = read_repo(str(tmp_path))
+    assert list(files) == ["good.py"]
+    assert skipped == ["blob.py: binary (NUL byte)", "latin.py: not UTF-8 (invalid byte at offset 5)"]
+
+
+def test_prompt_puts_the_preamble_ahead_and_cuts_the_prefix_from_the_left(bpe):
+    from tasks.code_completion.complete import Completer
+
+    class Any_:
+        vocab_size = bpe.vocab_size
+
+    comp = Completer(Any_(), bpe, 64)
+    pre = "# file: a.py (line 1)\nx = 1\n\n"
+    p = comp.prompt("y = 2\n" * 40, preamble=pre)
+    n = len(bpe.encode(pre))
+    assert len(p.ids) == 64 and p.ids[1 : 1 + n] == list(map(int, bpe.encode(pre))) and p.truncated_from > 64
+
+
+def test_fm_complete_repo(bpe, tmp_path, capsys):
+    import torch
+
+    from fm_core.config import EncoderConfig
+    from fm_core.export import save_pretrained
+    from fm_core.model import MaskedLM
+    from tasks.code_completion.complete import main
+
+    torch.manual_seed(0)
+    net = MaskedLM(EncoderConfig.from_name("tiny", vocab_size=bpe.vocab_size, pad_id=bpe.pad_id, mask_id=bpe.mask_id,
+                                           causal=True, max_length=64))
+    export = save_pretrained(tmp_path / "m", net, bpe)
+    repo = tmp_path / "repo"
+    for name, text in FILES.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    (repo / "pkg" / "bad.py").write_bytes(b"\xff\xfe")
+    args = ["--checkpoint", str(export), "--repo", str(repo), "--file", str(repo / "pkg/parser.py"), "--line", "5",
+            "--max-new-tokens", "3"]
+    assert main(args) == 2 and f"no {SETTINGS_FILE}" in capsys.readouterr().err
+    (export / SETTINGS_FILE).write_text(json.dumps(SETTINGS))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "skipped pkg/bad.py: not UTF-8" in err and "3 files indexed, 1 skipped" in err
