@@ -151,3 +151,15 @@ def write_json(name: str, payload: dict[str, Any], out: str | None = None) -> Pa
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     print(f"results: {path}")
     return path
+
+
+def padded_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Length-sorted batches of at most ``max_tokens`` padded tokens (what a careful HF user writes)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out, cur = [], []
+    for i in order:
+        if cur and (len(cur) + 1) * (lengths[i] + 2) > max_tokens:
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + ([cur] if cur else [])

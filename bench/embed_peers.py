@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, matmul_gflops, median, print_table, write_json  # noqa: E402
+from common import machine, matmul_gflops, median, padded_batches, print_table, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = ROOT / "bio_fm" / "data" / "uniprot_slice" / "valid.fasta.gz"
@@ -93,18 +93,6 @@ def read_fasta(path: Path) -> list[tuple[str, str]]:
         else:
             seq.append(line.strip())
     return records + ([(rid, "".join(seq))] if rid is not None else [])
-
-
-def padded_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Length-sorted batches of at most ``max_tokens`` padded tokens (what a careful HF user writes)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out, cur = [], []
-    for i in order:
-        if cur and (len(cur) + 1) * (lengths[i] + 2) > max_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    return out + ([cur] if cur else [])
 
 
 def peer_transformers(work: Path, args: argparse.Namespace) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median, print_table, timed_rounds, write_json  # noqa: E402
+from common import machine, median, padded_batches, print_table, timed_rounds, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,18 +55,6 @@ def random_hf_esm(size: str, seed: int, directory: Path):
     model.save_pretrained(directory)
     return EsmModel.from_pretrained(directory, local_files_only=True, attn_implementation="sdpa",
                                     add_pooling_layer=False).eval()
-
-
-def batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
-    """Length-sorted batches of at most ``max_tokens`` padded tokens (what a careful HF user writes)."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out, cur = [], []
-    for i in order:
-        if cur and (len(cur) + 1) * (lengths[i] + 2) > max_tokens:
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    return out + ([cur] if cur else [])
 
 
 def main() -> None:
@@ -97,7 +85,7 @@ def main() -> None:
         hf = random_hf_esm(args.size, args.seed, Path(tmp))
         net, _ = load_pretrained(tmp)
     embedder = Embedder(net, alphabet, layers=[-1], max_tokens=args.max_tokens, precision="float32")
-    plan = batches([len(s) for _, s in records], args.max_tokens)
+    plan = padded_batches([len(s) for _, s in records], args.max_tokens)
     token_batches = [pad_batch([alphabet.add_special_tokens(encoded[i][1]) for i in b], alphabet.pad_id) for b in plan]
 
     def loop(forward):

@@ -19,8 +19,8 @@ from __future__ import annotations
 import ast
 import functools
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile

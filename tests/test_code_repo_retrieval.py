@@ -9,8 +9,14 @@ import json
 import pytest
 
 from tasks.code_completion.evaluate import LineCase
-from tasks.code_completion.repo_retrieval import (SETTINGS_FILE, RepoRetriever, chunks_of, code_tokens, preambles,
-                                                  read_repo)
+from tasks.code_completion.repo_retrieval import (
+    SETTINGS_FILE,
+    RepoRetriever,
+    chunks_of,
+    code_tokens,
+    preambles,
+    read_repo,
+)
 
 SETTINGS = {"chunk_lines": 3, "stride": 2, "query_lines": 2, "top_k": 4, "budget_tokens": 400, "iterations": 1}
 FILES = {

@@ -31,7 +31,6 @@ from code_fm.fim_format import FIMTokenizer, fim_layout
 from fm_core.decoding import NextTokenModel, generate
 from fm_core.errors import UserError
 
-
 DECODING_FILE = "decoding.json"  # the repetition handling the task chose on the validation split
 
 
