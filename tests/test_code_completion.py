@@ -364,8 +364,13 @@ def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
     cfg = compose(["task=code_completion", f"task.data_dir={data}", f"model.init_from={tmp_path / 'pre' / 'export'}",
                    "task.max_length=128", "task.max_tokens=1024", "task.steps=4", "task.line_prompts=60",
                    "task.fim_prompts=20", "task.functions=8", "task.ngram_order=3", "logger=csv",
-                   "trainer.enable_progress_bar=false", f"paths.run_dir={tmp_path / 'ft'}"], config_name="finetune")
+                   "task.decoding_prompts=10", "task.humaneval.problems=3", "task.humaneval.samples=2",
+                   "task.humaneval.ks=[1]", "trainer.enable_progress_bar=false", f"paths.run_dir={tmp_path / 'ft'}"],
+                  config_name="finetune")
     metrics = finetune(cfg)
+    # HumanEval on a 3-problem subset: the harness passes its canonical solutions, every system scored
+    assert metrics["humaneval/canonical_pass"] == 100.0
+    assert all(0 <= metrics[f"humaneval/pass@1/{s}"] <= 100 for s in ("model", "random_init"))
     on_disk = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert on_disk["data/line_prompts"] == 60 and on_disk["data/fim_prompts"] == 20
     for system in ("model", "random_init", "ngram3", "copy_line"):
