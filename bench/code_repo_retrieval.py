@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, machine
+from common import RESULTS, code_completers, machine
 
 
 def compose(overrides: list[str]):
@@ -37,12 +37,8 @@ def main() -> None:
     import torch
     from hydra.utils import instantiate
 
-    from fm_core.decoding import NeuralLM
-    from fm_core.export import load_pretrained
-    from fm_core.shards import ShardDataset, load_tokenizer
+    from fm_core.shards import load_tokenizer
     from tasks.code_completion import evaluate as ev
-    from tasks.code_completion.complete import Completer
-    from tasks.code_completion.ngram import NgramLM
     from tasks.code_completion.repo_retrieval import SETTINGS_FILE
 
     torch.set_num_threads(1)
@@ -54,15 +50,8 @@ def main() -> None:
     rows = [json.loads(x) for x in (run / "line_predictions.jsonl").read_text().splitlines()]
     lines = ev.line_cases(task.texts(tok, task.eval_split), len(rows), int(cfg.seed))
     assert [c.target for c in lines] == [r["target"] for r in rows], "the run's prompts differ from these"
-    systems = {"model": run / "export", "random_init": run / "export_random_init"}
-    completers = {k: Completer(NeuralLM(load_pretrained(str(p))[0]), tok, task.max_length) for k, p in systems.items()}
-    train = ShardDataset(Path(task.data_dir) / "train")
+    completers = code_completers(run, task, done)
     ngram = f"ngram{task.ngram_order}"
-    completers[ngram] = Completer(NgramLM(tok.vocab_size, task.ngram_order).fit(
-        (train.array(i) for i in range(len(train))), tok.bos_id), tok, task.max_length)
-    for key, c in completers.items():
-        c.repetition_penalty = float(done.get(f"decoding/repetition_penalty/{key}", 1.0))
-        c.no_repeat_ngram = int(done.get(f"decoding/no_repeat_ngram/{key}", 0))
     preds = {k: [r[k] for r in rows] for k in ("model", "random_init", ngram, "copy_line")}
     t = time.perf_counter()
     metrics = task.run_repo_retrieval(completers, lines, preds, tok, run / "export", int(cfg.seed))

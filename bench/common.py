@@ -163,3 +163,29 @@ def padded_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
             cur = []
         cur.append(i)
     return out + ([cur] if cur else [])
+
+
+def code_completers(run: Path, task: Any, done: dict[str, Any]) -> dict[str, Any]:
+    """The completion systems of a finished (or stopped) code_completion run, rebuilt from its run
+    directory: ``model`` (``export/``), ``random_init`` (``export_random_init/`` when there), and the
+    task's n-gram refitted on its train split; each with the repetition handling the run chose
+    (``decoding/*`` in ``done``, its metrics; the decoder's defaults where absent)."""
+    from fm_core.decoding import NeuralLM
+    from fm_core.export import load_pretrained
+    from fm_core.shards import ShardDataset
+    from tasks.code_completion.complete import Completer, load_completer
+    from tasks.code_completion.ngram import NgramLM
+
+    completers = {"model": load_completer(str(run / "export"), task.max_length)[0]}
+    tok = completers["model"].tok
+    if (run / "export_random_init").is_dir():
+        completers["random_init"] = Completer(NeuralLM(load_pretrained(str(run / "export_random_init"))[0]), tok,
+                                              task.max_length)
+    train = ShardDataset(Path(task.data_dir) / "train")
+    completers[f"ngram{task.ngram_order}"] = Completer(NgramLM(tok.vocab_size, task.ngram_order).fit(
+        (train.array(i) for i in range(len(train))), tok.bos_id), tok, task.max_length)
+    for key, c in completers.items():
+        if f"decoding/repetition_penalty/{key}" in done:
+            c.repetition_penalty = float(done[f"decoding/repetition_penalty/{key}"])
+            c.no_repeat_ngram = int(done[f"decoding/no_repeat_ngram/{key}"])
+    return completers

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from code_repo_retrieval import compose
-from common import RESULTS, machine
+from common import RESULTS, code_completers, machine
 
 
 def main() -> None:
@@ -29,11 +29,6 @@ def main() -> None:
     import torch
     from hydra.utils import instantiate
 
-    from fm_core.decoding import NeuralLM
-    from fm_core.export import load_pretrained
-    from fm_core.shards import ShardDataset
-    from tasks.code_completion.complete import load_completer
-    from tasks.code_completion.ngram import NgramLM
     from tasks.code_completion.task import humaneval_table
 
     torch.set_num_threads(1)
@@ -41,19 +36,7 @@ def main() -> None:
     done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
     cfg = compose(args.overrides)
     task = instantiate({k: v for k, v in cfg.task.items() if k != "name"}, _recursive_=False)
-    completers = {"model": load_completer(str(run / "export"))[0]}
-    tok = completers["model"].tok
-    if (run / "export_random_init").is_dir():
-        net, _ = load_pretrained(str(run / "export_random_init"))
-        completers["random_init"] = type(completers["model"])(NeuralLM(net), tok, task.max_length)
-    train = ShardDataset(Path(task.data_dir) / "train")
-    ngram = f"ngram{task.ngram_order}"
-    completers[ngram] = type(completers["model"])(NgramLM(tok.vocab_size, task.ngram_order).fit(
-        (train.array(i) for i in range(len(train))), tok.bos_id), tok, task.max_length)
-    for key, c in completers.items():
-        if f"decoding/repetition_penalty/{key}" in done:
-            c.repetition_penalty = float(done[f"decoding/repetition_penalty/{key}"])
-            c.no_repeat_ngram = int(done[f"decoding/no_repeat_ngram/{key}"])
+    completers = code_completers(run, task, done)
     bench = instantiate(cfg.task.humaneval)
     t = time.perf_counter()
     metrics, _ = bench.run(completers, int(cfg.seed))
