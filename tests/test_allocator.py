@@ -1,6 +1,7 @@
 """fm_core.allocator: with the threshold fm-pretrain and fm-finetune set, memory a step frees leaves
-the process; without it (glibc's adaptive threshold) it stays resident. Real processes, measured
-from /proc (Linux + glibc only)."""
+the process. Real processes, measured from /proc (Linux + glibc only). Whether glibc's adaptive
+default keeps the same blocks resident depends on the machine (it did here, not on the CI runner:
+there the heap's blocks were returned too), so the test asserts the setting, not the default."""
 
 from __future__ import annotations
 
@@ -53,12 +54,12 @@ def _run(mode: str) -> tuple[str, int, int, int]:
     return out[0], int(out[1]), int(out[2]), int(out[3])
 
 
-def test_freed_blocks_leave_the_process_with_the_threshold_and_stay_without_it():
+def test_freed_blocks_leave_the_process_with_the_threshold():
     took, base, peak, after = _run("set")
     assert took == "True" and peak - base >= 250  # 64 x 4 MiB were resident at once
     assert after - base < 16, (base, peak, after)  # ... and all of it left on free
-    took, base, peak, after = _run("default")
-    assert took == "None" and peak - after < 16, (base, peak, after)  # the adaptive default kept it
+    took, base, peak, _ = _run("default")
+    assert took == "None" and peak - base >= 250  # the script itself allocates the same without it
 
 
 def test_threshold_values():
