@@ -41,6 +41,25 @@ DATASETS = ("freesolv", "b3db_regression", "solubility", "qm9_gap", "b3db_classi
 PRIMARY = {"classification": ("roc_auc", "pr_auc"), "regression": ("rmse", "mae", "r2")}
 
 
+def ensemble_uncertainty(valid: np.ndarray, test: np.ndarray, ys: dict[str, np.ndarray]) -> dict[str, float]:
+    """A regression seed ensemble's uncertainty, the same way for every method: (members, n)
+    predictions on valid and test; the members' spread, z-scaled on validation (chemprop's
+    ``ZScalingCalibrator``; our ``Recalibrated``) for the miscalibration area, and split-conformal
+    90% intervals on validation (our ``Conformal``, constant width) for the coverage."""
+    from tasks.drug_property.uncertainty import Conformal, Recalibrated, SeedEnsemble, uncertainty_metrics
+
+    out = {}
+    for name, unc in (("zscaled", Recalibrated(base=SeedEnsemble(coverage=0.9), coverage=0.9)),
+                      ("conformal", Conformal(base=SeedEnsemble(coverage=0.9), coverage=0.9, normalized=False))):
+        mv, sv = unc.combine(valid[..., None], None)
+        unc.calibrate(mv, sv, ys["valid"][:, None])
+        mt, st = unc.combine(test[..., None], None)
+        cal, lo, hi = unc.interval(mt, st)
+        m = uncertainty_metrics(ys["test"], mt[:, 0], st[:, 0], cal[:, 0], lo[:, 0], hi[:, 0], 0.9)
+        out.update({f"uncertainty/{name}_{k}": v for k, v in m.items()})
+    return out
+
+
 def ours(kind: str, x: dict[str, np.ndarray], ys: dict[str, np.ndarray], seeds: list[int], head: HeadConfig) -> dict:
     if kind == "regression":
         mu, sd = float(ys["train"].mean()), float(ys["train"].std()) or 1.0
@@ -52,9 +71,10 @@ def ours(kind: str, x: dict[str, np.ndarray], ys: dict[str, np.ndarray], seeds: 
         models.append(fit.model)
         per_seed.append(property_metrics(kind, ys["test"], predict([fit.model], x["test"], kind, mu, sd)[0]))
         losses.append({"train_loss": fit.train_loss, "valid_loss": fit.valid_loss, "best_epoch": fit.best_epoch})
-    ens = predict(models, x["test"], kind, mu, sd).mean(0)
-    return {**mean_std(per_seed, "test/"), **mean_std(losses, ""),
-            **{f"test/ensemble_{k}": v for k, v in property_metrics(kind, ys["test"], ens).items()}}
+    members = predict(models, x["test"], kind, mu, sd)
+    unc = ensemble_uncertainty(predict(models, x["valid"], kind, mu, sd), members, ys) if kind == "regression" else {}
+    return {**mean_std(per_seed, "test/"), **mean_std(losses, ""), **unc,
+            **{f"test/ensemble_{k}": v for k, v in property_metrics(kind, ys["test"], members.mean(0)).items()}}
 
 
 def chemprop_run(kind: str, smiles: dict[str, list[str]], ys: dict[str, np.ndarray], seeds: list[int],
@@ -67,7 +87,7 @@ def chemprop_run(kind: str, smiles: dict[str, list[str]], ys: dict[str, np.ndarr
     from chemprop import nn as cnn
 
     feat = featurizers.SimpleMoleculeMolGraphFeaturizer()
-    per_seed, losses = [], []
+    per_seed, losses, preds = [], [], {"valid": [], "test": []}
     for seed in seeds:
         pl.seed_everything(seed, verbose=False)
         dsets = {s: cdata.MoleculeDataset([cdata.MoleculeDatapoint.from_smi(smi, [float(y)])
@@ -88,11 +108,15 @@ def chemprop_run(kind: str, smiles: dict[str, list[str]], ys: dict[str, np.ndarr
                              enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(workdir))
         trainer.fit(model, loaders["train"], loaders["valid"])
         best = models.MPNN.load_from_checkpoint(ckpt.best_model_path)
-        pred = torch.cat(trainer.predict(best, loaders["test"])).numpy().reshape(-1)
-        per_seed.append(property_metrics(kind, ys["test"], pred))
+        for s in preds:  # valid's targets were normalised in place: predictions come out unscaled
+            preds[s].append(torch.cat(trainer.predict(best, loaders[s])).numpy().reshape(-1))
+        per_seed.append(property_metrics(kind, ys["test"], preds["test"][-1]))
         cm = {k: float(v) for k, v in trainer.callback_metrics.items() if "loss" in k}
         losses.append({**{f"{k}_last": v for k, v in sorted(cm.items())}, "val_loss_best": float(ckpt.best_model_score)})
-    return {**mean_std(per_seed, "test/"), **mean_std(losses, ""), "epochs": epochs}
+    members = {s: np.stack(v) for s, v in preds.items()}
+    unc = ensemble_uncertainty(members["valid"], members["test"], ys) if kind == "regression" else {}
+    return {**mean_std(per_seed, "test/"), **mean_std(losses, ""), "epochs": epochs, **unc,
+            **{f"test/ensemble_{k}": v for k, v in property_metrics(kind, ys["test"], members["test"].mean(0)).items()}}
 
 
 def read_dataset(name: str, ds: dict, data_dir: str, split: str) -> tuple[dict, dict, dict, dict]:

@@ -147,6 +147,49 @@ def test_multitask_csv_with_missing_labels_trains_and_scores(compose, tmp_path):
     assert (s["score/read"], s["score/scored"]) == (3, 2)
 
 
+class _Memo(torch.nn.Module):
+    """A fake head that returns the standardised label of every row it was trained on and 0 (the
+    training mean) for any other row: out-of-fold predictions made with it show any leak."""
+
+    def __init__(self, x: np.ndarray, z: np.ndarray):
+        super().__init__()
+        self.seen = {row.tobytes(): float(v) for row, v in zip(x, z[:, 0], strict=True)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[self.seen.get(r.tobytes(), 0.0)] for r in x.numpy()], dtype=torch.float64)
+
+
+def test_cross_conformal_predicts_every_training_molecule_out_of_fold(compose, tmp_path, monkeypatch):
+    from tasks.drug_property.task import DrugPropertyTask
+
+    files = three_files(tmp_path)
+    paths = {s: str(p) for s, p in files.items()}
+    prep_own(tmp_path, "csv", target_columns=["dG"], id_column="name", **paths)
+    real, fold_fits = DrugPropertyTask.fit_heads, []
+
+    def fit_heads(self, x, target, targets, mean_variance, desc="heads"):
+        if desc == "heads":
+            return real(self, x, target, targets, mean_variance, desc)
+        fold_fits.append(len(x["train"]))
+        return [_Memo(x["train"], target["train"])] * len(self.seeds), []
+
+    monkeypatch.setattr(DrugPropertyTask, "fit_heads", fit_heads)
+    cfg = compose(["task=drug_property", "dataset=csv", "dataset.smiles_column=SMILES", "dataset.target_columns=[dG]",
+                   "dataset.kinds=[regression]", "dataset.id_column=name", *(f"dataset.{s}={p}" for s, p in paths.items()),
+                   "logger=csv", "task.seeds=[0,1]", f"task.data_dir={tmp_path / 'data'}", "~task.features.descriptors",
+                   "task.features.morgan.size=512", "task.head.hidden=[32]", "task.head.max_epochs=5",
+                   "task.rf_baseline=null", "task.calibration_folds=4", f"paths.run_dir={tmp_path / 'run'}"],
+                  config_name="finetune")
+    m = finetune(cfg)
+    assert m["calibration/folds"] == 4 and m["calibration/molecules"] == 150 + 25
+    assert len(fold_fits) == 4 and sum(fold_fits) == 3 * 150  # each molecule held out exactly once
+    # every held-out molecule was predicted by heads that never saw it: the training mean
+    train_y = np.array([float(r["dG"]) for r in csv.DictReader(open(files["train"])) if r["name"] not in
+                        ("x1", "x2", "x3", "x4")])
+    assert m["calibration/out_of_fold_rmse"] == pytest.approx(train_y.std(), rel=1e-9)
+    assert sum(m[f"calibration/band_{b}/n"] for b in ("0-0.4", "0.4-0.6", "ge0.6")) == 175
+
+
 def test_split_conformal_coverage_on_a_synthetic_problem():
     rng = np.random.default_rng(0)
 
@@ -178,7 +221,7 @@ def moses_mols() -> list:
 def test_domain_neighbours_equal_brute_force_tanimoto():
     mols = moses_mols()
     train, queries = mols[:300], mols[300:340] + mols[:2]  # two queries are training molecules
-    d = Domain(radius=2, size=2048, k=3, thresholds=[0.3, 0.5], min_count=2, bands=[0.4, 0.6])
+    d = Domain(radius=2, size=2048, k=3, thresholds=[0.3, 0.5], min_count=2, min_fraction=0.0, bands=[0.4, 0.6])
     d.fit(train, [f"m{i}" for i in range(300)])
     sims, ids = d.neighbours(queries)
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
@@ -191,9 +234,11 @@ def test_domain_neighbours_equal_brute_force_tanimoto():
     assert ids[-2][0] == "m0" and sims[-1][0] == 1.0
     # the threshold maximises the out/in validation loss ratio among candidates with enough molecules
     nearest, loss = np.array([0.2, 0.25, 0.45, 0.55, 0.7, 0.8]), np.array([4.0, 3.0, 1.0, 1.0, 1.0, 1.0])
-    assert d.choose_threshold(nearest, loss) == 0.3 and list(d.band_of(np.array([0.1, 0.4, 0.59, 0.6]))) == [0, 1, 1, 2]
+    assert d.choose_threshold(nearest, loss) == 0.3
+    d.min_fraction = 0.4  # at least 40% of the 6 molecules (3) each side: 0.3 leaves 2 below it
+    assert d.choose_threshold(nearest, loss) == 0.5 and list(d.band_of(np.array([0.1, 0.4, 0.59, 0.6]))) == [0, 1, 1, 2]
     # packed bits round trip (what the scorer stores)
-    again = Domain(radius=2, size=2048, k=3, thresholds=[0.3], min_count=2, bands=[0.4, 0.6])
+    again = Domain(radius=2, size=2048, k=3, thresholds=[0.3], min_count=2, min_fraction=0.0, bands=[0.4, 0.6])
     again.load(d.state(), d.arrays())
     np.testing.assert_array_equal(again.train_bits, d.train_bits)
     s2, i2 = tanimoto_top_k(again.fingerprints(queries), again.train_bits, 3)

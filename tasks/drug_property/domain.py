@@ -5,10 +5,13 @@ the validation split, and metrics by similarity band.
 
 ``task.domain`` (conf/task/drug_property.yaml) holds the settings; the scorer stores the training
 fingerprints (packed bits) and ids, so ``fm-score`` reports the neighbours of every molecule.
-Threshold rule: among the candidate ``thresholds`` that leave at least ``min_count`` validation
-molecules on each side, the one where the validation molecules below it have the largest mean loss
-relative to those at or above it (squared error, or the log loss for classification); ties go to
-the lower threshold; no candidate -> the lowest (everything in domain).
+Threshold rule, on the task's calibration set (validation, plus out-of-fold training molecules
+with their similarity to the other folds): among the candidate ``thresholds`` that leave at least
+``min_count`` molecules and a ``min_fraction`` of them on each side, the one where the molecules
+below it have the largest mean loss relative to those at or above it (squared error, or the log
+loss for classification); ties go to the lower threshold; no candidate -> the lowest (everything
+in domain). Without the fraction a threshold that leaves a handful of molecules in domain wins
+on noise (0.7 on solubility's validation split: 2 of 127 test molecules in domain).
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import numpy as np
 
 class Domain:
     def __init__(self, *, radius: int, size: int, k: int, thresholds: list[float], min_count: int,
-                 bands: list[float]):
+                 min_fraction: float, bands: list[float]):
+        if not 0 <= min_fraction < 0.5:
+            raise ValueError(f"task.domain.min_fraction must be in [0, 0.5), got {min_fraction}")
         self.radius, self.size, self.k = radius, size, k
         self.thresholds, self.min_count, self.bands = list(thresholds), min_count, list(bands)
+        self.min_fraction = min_fraction
         self.train_bits: np.ndarray | None = None  # (N, size) uint8 0/1
         self.ids: list[str] = []
         self.threshold = float(min(self.thresholds))
@@ -47,9 +53,12 @@ class Domain:
 
     def choose_threshold(self, nearest: np.ndarray, loss: np.ndarray) -> float:
         best, best_ratio = float(min(self.thresholds)), -np.inf
+        ok = np.isfinite(loss)
+        nearest, loss = nearest[ok], loss[ok]
+        floor = max(self.min_count, self.min_fraction * len(loss))
         for t in sorted(self.thresholds):
             inside, outside = loss[nearest >= t], loss[nearest < t]
-            if min(len(inside), len(outside)) < self.min_count:
+            if min(len(inside), len(outside)) < floor:
                 continue
             ratio = outside.mean() / max(inside.mean(), 1e-12)
             if ratio > best_ratio:

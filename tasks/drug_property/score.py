@@ -7,8 +7,8 @@ Input: a CSV with a SMILES column (``--smiles-column``, default: the first colum
 scored), per target ``<property> (<unit>)`` (the value; ``<property> (probability)`` of class 1),
 ``<property> std``, ``<property> lower <c>%`` / ``upper <c>%`` (the scorer's calibrated interval of
 coverage c), the applicability domain (``nn<i>_similarity`` / ``nn<i>_id``: the nearest training
-molecules by Tanimoto, ``in_domain``: nn1 similarity >= the threshold chosen on validation), and
-``error`` (why a row was not scored: RDKit's parse/sanitisation reason or an empty field). A name
+molecules by Tanimoto, ``in_domain``: nn1 similarity >= the threshold chosen on the calibration
+set), and ``error`` (why a row was not scored: RDKit's parse/sanitisation reason or an empty field). A name
 already taken by an input column gets the prefix ``fm_``. Rows are never dropped: counts in = scored +
 rejected, printed and in ``<out>.metrics.json``. Salts and mixtures get the policy of training,
 stored in the scorer (the largest fragment, or every fragment); ``--largest-fragment`` /

@@ -1,6 +1,6 @@
 """A trained property scorer: representations (with their fitted state) + an ensemble of MLP heads,
-its uncertainty method (calibrated on validation), the applicability domain (the training set's
-fingerprints and ids) and the salt/fragment policy of training.
+its uncertainty method (calibrated on the task's calibration set), the applicability domain (the
+training set's fingerprints and ids) and the salt/fragment policy of training.
 
 Saved as ``scorer.json`` (targets with kind and unit, target scaling, each representation's config
 and state, head shape, the uncertainty and domain configs and states, ``largest_fragment``) +

@@ -10,15 +10,24 @@ training molecules only (computed in worker processes and cached, ``task.featuri
 concatenated; an MLP head per seed (Lightning; one output per target, missing labels masked) is
 trained with early stopping on the validation split; the seeds' test metrics give mean and std,
 their mean prediction is the ensemble. ``task.uncertainty`` (by ``_target_``) turns the members
-into a std and an interval, calibrated on validation; ``task.domain`` finds each molecule's nearest
-training molecules (Tanimoto) and reports test metrics by similarity band. A RandomForest on Morgan
-bits is trained in the same run on the same split as the in-run baseline. The trained ensemble is
-saved in ``<run_dir>/scorer`` for ``fm-score``; per-molecule test predictions in
-``<run_dir>/test_predictions.csv``.
+into a std and an interval, calibrated on the calibration set: the validation split plus, with
+``task.calibration_folds`` = K > 1 and a regression target, the out-of-fold predictions of K
+scaffold-grouped folds of the training split (each fold's heads trained on the other folds, the
+same seeds and early stopping; cross-conformal in the manner of Vovk's and Barber et al.'s CV+,
+with the final heads in place of the fold models). Scaffold splits put the validation and test
+molecules on scaffolds the heads never saw; out-of-fold residuals are of the same kind and ten
+times as many, so the interval's quantile no longer rests on the 60-130 validation molecules of
+a small dataset. ``task.domain`` finds each molecule's nearest training molecules (Tanimoto),
+chooses its in-domain threshold on the calibration set and reports test and calibration metrics
+by similarity band. A RandomForest on Morgan bits is trained in the same run on the same split as
+the in-run baseline; with a backbone among the features, so are the same heads over its random-init
+twin and over the features without it. The trained ensemble is saved in ``<run_dir>/scorer`` for
+``fm-score``; per-molecule test predictions in ``<run_dir>/test_predictions.csv``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -176,7 +185,11 @@ class DrugPropertyTask:
 
     def __init__(self, *, dataset: DictConfig, features: DictConfig, head: DictConfig, seeds: list[int], split: str,
                  data_dir: str, rf_baseline: DictConfig | None, threads: int, uncertainty: DictConfig,
-                 domain: DictConfig, featurize: DictConfig, train_size: int | float | None):
+                 domain: DictConfig, featurize: DictConfig, train_size: int | float | None,
+                 calibration_folds: int):
+        if calibration_folds < 0 or calibration_folds == 1:
+            raise DatasetError(f"task.calibration_folds={calibration_folds}: 0 (validation only) or at least 2")
+        self.calibration_folds = calibration_folds
         self.train_size = train_size  # label budget over the train split, whole scaffolds (fm_core.label_budget)
         self.dataset = dict(plain(dataset))
         self.feature_configs = {k: dict(plain(v)) for k, v in features.items() if v is not None}
@@ -193,25 +206,48 @@ class DrugPropertyTask:
                 raise DatasetError(f"dataset: target {t.name!r} kind must be classification or regression, "
                                    f"got {t.kind!r}")
 
-    def build_features(self, run: FinetuneRun) -> dict[str, Features]:
+    def build_features(self, run: FinetuneRun, like: Any = None) -> dict[str, Features]:
         """The configured representations; those that need a backbone share fm-finetune's
-        (``run.backbone``, built once)."""
+        (``run.backbone``, built once), or with ``like`` (a backbone) its random-init twin."""
         features = build_features(self.feature_configs)
         users = [f for f in features.values() if f.needs_backbone]
         if users:
             tokenizer = SmilesTokenizer()
-            net = run.backbone(tokenizer)
+            net = run.backbone(tokenizer) if like is None else run.random_backbone(like, tokenizer)
             for f in users:
                 f.use_backbone(net, tokenizer)
         return features
 
+    def backbone_comparison(self, run: FinetuneRun, features: dict[str, Features], smiles: dict[str, list[str]],
+                            mols: dict[str, list[Any]], cache: RawCache, ys: dict[str, np.ndarray],
+                            targets: list[Target], y_mean: np.ndarray, y_std: np.ndarray) -> dict[str, float]:
+        """With a backbone among the features, the same heads (seeds, early stopping) over the
+        same features with the backbone's random-init twin (``test/random_init/...``) and over the
+        features without the backbone (``test/no_backbone/...``, when others remain): what the
+        pre-trained weights add, in the same run and split (fm-report's twin and baseline)."""
+        users = [f for f in features.values() if f.needs_backbone]
+        kinds = [t.kind for t in targets]
+        arms = {"random_init": self.build_features(run, like=users[0].net)}
+        rest = {n: f for n, f in build_features(self.feature_configs).items() if not f.needs_backbone}
+        if rest:
+            arms["no_backbone"] = rest
+        out: dict[str, float] = {}
+        for name, feats in arms.items():
+            x = featurize_smiles(feats, smiles, mols, cache, "train")
+            heads, _ = self.fit_heads(x, {s: (ys[s] - y_mean) / y_std for s in SPLITS}, targets, False, desc=name)
+            per_seed = [target_metrics(targets, ys["test"], predict_targets([h], x["test"], kinds, y_mean, y_std,
+                                                                            False)[0][0]) for h in heads]
+            out.update(mean_std(per_seed, f"test/{name}/"))
+            out[f"features/{name}_dim"] = int(x["train"].shape[1])
+        return out
+
     def fit_heads(self, x: dict[str, np.ndarray], target: dict[str, np.ndarray], targets: list[Target],
-                  mean_variance: bool) -> tuple[list[Any], list[dict[str, float]]]:
+                  mean_variance: bool, desc: str = "heads") -> tuple[list[Any], list[dict[str, float]]]:
         from tqdm import tqdm
 
         heads, losses = [], []
         kinds = [t.kind for t in targets]
-        for seed in tqdm(self.seeds, desc=f"{self.dataset['name']} heads", unit="seed"):
+        for seed in tqdm(self.seeds, desc=f"{self.dataset['name']} {desc}", unit="seed"):
             fit = fit_mlp(x["train"], target["train"], x["valid"], target["valid"], kinds, self.head, seed,
                           mean_variance)
             heads.append(fit.model)
@@ -254,10 +290,16 @@ class DrugPropertyTask:
             metrics.update(mean_std(per_seed, f"{s}/"))
         metrics.update(mean_std(losses, "head/"))
         metrics["members"] = len(heads)
+        if any(f.needs_backbone for f in features.values()):
+            metrics.update(self.backbone_comparison(run, features, smiles, mols, cache, ys, targets, y_mean, y_std))
+        else:  # these heads are the features-only arm (fm-report's baseline beside backbone runs)
+            metrics.update({f"test/no_backbone/{k[5:]}": v for k, v in list(metrics.items())
+                            if k.startswith("test/") and k.endswith(("_mean", "_std"))})
         domain = build_task_object("task.domain", self.domain_config).fit(mols["train"], list(data["ids"][parts["train"]]))
         scorer = Scorer(targets, self.feature_configs, features, heads, self.head.hidden, y_mean, y_std,
                         self.uncertainty_config, unc, self.domain_config, domain, bool(self.dataset["largest_fragment"]))
-        out = self.evaluate(scorer, x, ys, mols, metrics)
+        calibration = self.calibration_set(scorer, x, ys, mols, data["scaffolds"][parts["train"]], metrics)
+        out = self.evaluate(scorer, x, ys, mols, calibration, metrics)
         write_predictions(run.run_dir / "test_predictions.csv", targets, data["ids"][parts["test"]], smiles["test"],
                           ys["test"], out)
         if self.rf:
@@ -268,16 +310,58 @@ class DrugPropertyTask:
         run.log_image("test/predictions", png)
         return metrics
 
-    def evaluate(self, scorer: Scorer, x: dict[str, np.ndarray], ys: dict[str, np.ndarray],
-                 mols: dict[str, list[Any]], metrics: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Calibrates the uncertainty and chooses the domain threshold on validation; the test
-        split's ensemble, uncertainty and per-band metrics into ``metrics``; the test outputs."""
-        targets, unc, domain = scorer.targets, scorer.uncertainty, scorer.domain
+    def calibration_set(self, scorer: Scorer, x: dict[str, np.ndarray], ys: dict[str, np.ndarray],
+                        mols: dict[str, list[Any]], scaffolds: np.ndarray, metrics: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Ensemble mean and std, labels and nearest-training similarity of the molecules the
+        uncertainty and the domain threshold are calibrated on: the validation split, then (with
+        ``calibration_folds`` > 1 and a regression target) every training molecule predicted by
+        heads trained without its scaffold's fold, its similarity taken to the other folds."""
+        from sklearn.model_selection import GroupKFold
+
+        from tasks.drug_property.domain import tanimoto_top_k
+
         valid = scorer.outputs(x["valid"], intervals=False)
-        unc.calibrate(valid["mean"], valid["std"], ys["valid"])
-        valid_nn, _ = domain.neighbours(mols["valid"])
+        nn, _ = scorer.domain.neighbours(mols["valid"])
+        cal = {"mean": [valid["mean"]], "std": [valid["std"]], "y": [ys["valid"]], "nn": [nn[:, 0]]}
+        folds = min(self.calibration_folds, len(set(scaffolds)))
+        regression = any(t.kind == "regression" for t in scorer.targets)
+        metrics["calibration/folds"] = folds if regression and folds > 1 else 0
+        if metrics["calibration/folds"]:
+            n, t = ys["train"].shape
+            mean, std, near = np.full((n, t), np.nan), np.full((n, t), np.nan), np.zeros(n)
+            target = {s: (ys[s] - scorer.y_mean) / scorer.y_std for s in ("train", "valid")}
+            bits = scorer.domain.train_bits
+            for k, (fit, held) in enumerate(GroupKFold(folds).split(x["train"], groups=scaffolds)):
+                heads, _ = self.fit_heads({"train": x["train"][fit], "valid": x["valid"]},
+                                          {"train": target["train"][fit], "valid": target["valid"]}, scorer.targets,
+                                          scorer.uncertainty.mean_variance, desc=f"fold {k + 1}/{folds}")
+                fold = dataclasses.replace(scorer, heads=heads).outputs(x["train"][held], intervals=False)
+                mean[held], std[held] = fold["mean"], fold["std"]
+                near[held] = tanimoto_top_k(bits[held], bits[fit], 1)[0][:, 0]
+            metrics.update({f"calibration/out_of_fold_{k}": v
+                            for k, v in target_metrics(scorer.targets, ys["train"], mean).items()})
+            cal = {"mean": [*cal["mean"], mean], "std": [*cal["std"], std], "y": [*cal["y"], ys["train"]],
+                   "nn": [*cal["nn"], near]}
+        cal = {k: np.concatenate(v) for k, v in cal.items()}
+        metrics["calibration/molecules"] = len(cal["y"])
+        return cal
+
+    def evaluate(self, scorer: Scorer, x: dict[str, np.ndarray], ys: dict[str, np.ndarray],
+                 mols: dict[str, list[Any]], cal: dict[str, np.ndarray], metrics: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Calibrates the uncertainty and chooses the domain threshold on the calibration set
+        (:meth:`calibration_set`); the test split's ensemble, uncertainty and per-band metrics
+        (and the calibration set's per-band metrics) into ``metrics``; the test outputs."""
+        targets, unc, domain = scorer.targets, scorer.uncertainty, scorer.domain
+        unc.calibrate(cal["mean"], cal["std"], cal["y"])
         metrics["domain/threshold"] = domain.choose_threshold(
-            valid_nn[:, 0], per_molecule_loss(targets, ys["valid"], valid["mean"], scorer.y_std))
+            cal["nn"], per_molecule_loss(targets, cal["y"], cal["mean"], scorer.y_std))
+        cal_band = domain.band_of(cal["nn"])
+        for i, b in enumerate(domain.band_names()):
+            mask = cal_band == i
+            metrics[f"calibration/band_{b}/n"] = int(mask.sum())
+            if mask.sum() >= 2:
+                metrics.update({f"calibration/band_{b}/{k}": v
+                                for k, v in target_metrics(targets, cal["y"][mask], cal["mean"][mask]).items()})
         out = scorer.outputs(x["test"])
         sims, nn_ids = domain.neighbours(mols["test"])
         out.update({"nn_similarity": sims, "nn_ids": nn_ids, "in_domain": sims[:, 0] >= domain.threshold,
