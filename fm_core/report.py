@@ -2,7 +2,8 @@
 
 Every ``metrics.json`` below the given directories is one run; the Hydra config saved beside it
 (``.hydra/config.yaml``) says its task (``task.name``), label budget (``task.train_size``), seed
-and backbone (``model.init_from``, or a random-init ``model.size``). What to draw for a task is
+and backbone (``model.init_from``, or a random-init ``model.size``); a run whose metrics name a
+``dataset`` (drug_property) is grouped as ``<task>-<dataset>``, one curve set per dataset. What to draw for a task is
 read from ``fm_conf/report/<task>.yaml`` (``--spec`` for another file): the metric keys of the
 methods over the backbone (one line per backbone), of their random-init twins in the same run, and
 of the baselines. A key the spec names and a run lacks is reported by run, never skipped silently.
@@ -45,13 +46,17 @@ class ReportError(UserError, ValueError):
 @dataclass
 class Run:
     path: Path  # the run directory (holds metrics.json)
-    task: str
+    task: str  # what the report groups by: the task name, "<task>-<dataset>" when the run names its dataset
     seed: int
     budget: str  # the requested task.train_size ("all" for null)
     train_size: float  # the training records the run kept (data/train_size), NaN when it does not say
     backbone: str  # a label for model.init_from / model.size
     init_from: str | None
     metrics: dict[str, Any] = field(repr=False, default_factory=dict)
+    spec: str = ""  # the report spec's name: task.name
+
+    def __post_init__(self):
+        self.spec = self.spec or self.task
 
 
 def find_runs(dirs: list[str | Path]) -> list[Path]:
@@ -107,9 +112,11 @@ def read_run(metrics_path: Path) -> Run:
     init_from = None if init_from in (None, "???") else str(init_from)
     requested = task_cfg.get("train_size")
     kept = metrics.get("data/train_size")
-    return Run(run_dir, task, int(cfg.get("seed", 0)), "all" if requested is None else str(requested),
+    dataset = metrics.get("dataset")  # a task over several datasets (drug_property) reports each apart
+    label = f"{task}-{dataset}" if isinstance(dataset, str) and dataset else task
+    return Run(run_dir, label, int(cfg.get("seed", 0)), "all" if requested is None else str(requested),
                float(kept) if isinstance(kept, int | float) else math.nan,
-               backbone_label(init_from, model.get("size")), init_from, metrics)
+               backbone_label(init_from, model.get("size")), init_from, metrics, spec=task)
 
 
 def load_spec(task: str, spec_dir: Path | None) -> dict[str, Any]:
@@ -331,7 +338,8 @@ def report(dirs: list[str | Path], out: str | Path, *, pretrain: list[str | Path
     """Read the runs below ``dirs``, write the CSVs, markdown and PNGs into ``out``; returns counts."""
     out = Path(out)
     runs = [read_run(p) for p in find_runs(dirs)]
-    specs = {t: load_spec(t, Path(spec_dir) if spec_dir else None) for t in sorted({r.task for r in runs})}
+    by_name = {name: load_spec(name, Path(spec_dir) if spec_dir else None) for name in sorted({r.spec for r in runs})}
+    specs = {r.task: by_name[r.spec] for r in sorted(runs, key=lambda r: r.task)}  # per label (task-dataset)
     tokens = export_tokens(list(pretrain))
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refused call writes nothing
     rows = [row for r in runs for row in run_rows(r, specs[r.task], tokens)]

@@ -161,6 +161,7 @@ def test_drug_property_regression_beats_the_mean(compose, tmp_path):
     # R^2 > 0: better than predicting the training mean; RMSE in kcal/mol
     assert m["test/r2_mean"] > 0.3 and m["test/ensemble_rmse"] < 3.0
     assert m["test/uncertainty_mean"] > 0 and np.isfinite(m["test/uncertainty_error_spearman"])
+    assert m["test/no_backbone/r2_mean"] == m["test/r2_mean"]  # no backbone: these heads are that arm
     # prepared with other settings than the config's: an error with the command, never a silent re-prep
     with pytest.raises(ValueError, match=r"prepared with .*`fm-prep molecules --source freesolv .*--seed 1"):
         finetune(_compose(compose, tmp_path, "freesolv", DATA / "freesolv_head200.csv", ["dataset.split_seed=1"]))
@@ -213,7 +214,7 @@ def test_drug_property_backbone_features_use_fm_finetunes_model(compose, tmp_pat
     from fm_core.model import build_model
 
     tok = SmilesTokenizer()
-    torch.manual_seed(0)
+    torch.manual_seed(123)  # not the run's seed: the random-init twin (seeded by it) must differ
     save_pretrained(tmp_path / "export", build_model("tiny", tok).eval(), tok)
     smiles = "{_target_:chem_fm.features.BackboneFeatures,layer:-1,batch_size:64}"
     m = _run(compose, tmp_path, "freesolv", DATA / "freesolv_head200.csv",
@@ -221,6 +222,10 @@ def test_drug_property_backbone_features_use_fm_finetunes_model(compose, tmp_pat
               f"model.init_from={tmp_path / 'export'}", f"+task.features.smiles={smiles}"])
     embed_dim = build_model("tiny", tok).config.embed_dim
     assert m["features/dim"] == 1024 + embed_dim and m["members"] == 2
+    # in the same run: the same heads over the backbone's random-init twin and without the backbone
+    assert (m["features/random_init_dim"], m["features/no_backbone_dim"]) == (1024 + embed_dim, 1024)
+    assert np.isfinite(m["test/random_init/rmse_mean"]) and np.isfinite(m["test/no_backbone/rmse_mean"])
+    assert len({m["test/rmse_mean"], m["test/random_init/rmse_mean"], m["test/no_backbone/rmse_mean"]}) == 3
     scorer = Scorer.load(m["scorer"])
     mols = [Chem.MolFromSmiles(s) for s in ("CCO", "c1ccccc1O")]
     direct = BackboneFeatures(layer=-1, batch_size=64)

@@ -118,6 +118,25 @@ def test_paired_difference_against_the_twin(tree, tmp_path):
     assert "| linear | pt | 10 | 0.1 [0.1, 0.1] (n=3) | better |" in md
 
 
+def test_drug_runs_are_reported_per_dataset_with_their_twin_and_features_only_arm(tmp_path):
+    """drug_property runs name their dataset: two datasets give two curve sets, not one mixed; the
+    backbone run's in-run twin and features-only heads are its twin and baseline."""
+    runs = tmp_path / "sweep"
+    for i, (dataset, seed) in enumerate([("a", 0), ("a", 1), ("b", 0), ("b", 1)]):
+        r2 = 0.5 + 0.1 * (dataset == "b") + 0.01 * seed
+        write_run(runs / str(i), task="drug_property", seed=seed, train_size=50, init_from="runs/sm/export",
+                  metrics={"dataset": dataset, "test/r2_mean": r2, "test/random_init/r2_mean": r2 - 0.02,
+                           "test/no_backbone/r2_mean": r2 - 0.05, "rf/test/r2_mean": 0.3, "data/train_size": 48})
+    res = report([runs], tmp_path / "report")
+    assert res["report/tasks"] == 2 and res["report/missing"] == 0 and res["report/pngs"] == 2
+    s = read(tmp_path / "report" / "summary.csv")
+    assert float(row(s, task="drug_property-b", method="head", role="backbone")["mean"]) == pytest.approx(0.605)
+    assert float(row(s, task="drug_property-a", method="features_only")["mean"]) == pytest.approx(0.455)
+    p = row(read(tmp_path / "report" / "paired.csv"), task="drug_property-a", method="head")
+    assert float(p["mean"]) == pytest.approx(0.02) and p["beats_twin"] == "True"
+    assert (tmp_path / "report" / "drug_property-a.png").is_file()
+
+
 def test_interval_golden_values():
     assert interval([1.0, 3.0]) == {"n": 2, "mean": 2.0, "std": pytest.approx(math.sqrt(2)),
                                     "ci95_low": pytest.approx(2 - T_975_1), "ci95_high": pytest.approx(2 + T_975_1)}
