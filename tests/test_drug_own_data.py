@@ -145,6 +145,14 @@ def test_multitask_csv_with_missing_labels_trains_and_scores(compose, tmp_path):
     assert out[2]["nn1_id"] in train_ids and out[1]["error"] == "SMILES parse error"
     assert float(out[0]["dG lower 90%"]) < float(out[0]["dG (kcal/mol)"]) < float(out[0]["dG upper 90%"])
     assert (s["score/read"], s["score/scored"]) == (3, 2)
+    # a scorer saved before task.domain.min_fraction existed still loads, with its stored threshold
+    from tasks.drug_property.scorer import Scorer
+
+    spec_path = Path(m["scorer"]) / "scorer.json"
+    spec = json.loads(spec_path.read_text())
+    del spec["domain"]["config"]["min_fraction"]
+    spec_path.write_text(json.dumps(spec))
+    assert Scorer.load(m["scorer"]).domain.threshold == m["domain/threshold"]
 
 
 class _Memo(torch.nn.Module):

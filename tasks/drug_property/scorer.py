@@ -140,7 +140,8 @@ class Scorer:
             f.load_state(spec["features"][n]["state"])
         unc = build_task_object("uncertainty", spec["uncertainty"]["config"])
         unc.load_state(spec["uncertainty"]["state"])
-        domain = build_task_object("domain", spec["domain"]["config"])
+        # scorers saved before task.domain.min_fraction existed: it only chooses the threshold (stored)
+        domain = build_task_object("domain", {"min_fraction": 0.0, **spec["domain"]["config"]})
         with np.load(d / "domain.npz", allow_pickle=False) as z:
             domain.load(spec["domain"]["state"], dict(z))
         return cls([Target(**t) for t in spec["targets"]], configs, features, _load_heads(d, spec),
