@@ -3,8 +3,8 @@
 Every ``metrics.json`` below the given directories is one run; the Hydra config saved beside it
 (``.hydra/config.yaml``) says its task (``task.name``), label budget (``task.train_size``), seed
 and backbone (``model.init_from``, or a random-init ``model.size``); a run whose metrics name a
-``dataset`` (drug_property) is grouped as ``<task>-<dataset>``, one curve set per dataset. What to draw for a task is
-read from ``fm_conf/report/<task>.yaml`` (``--spec`` for another file): the metric keys of the
+``dataset`` (drug_property) is grouped as ``<task>-<dataset>``, one curve set per dataset. What to
+draw for a task is read from ``fm_conf/report/<task>.yaml`` (``--spec`` for another file): the metric keys of the
 methods over the backbone (one line per backbone), of their random-init twins in the same run, and
 of the baselines. A key the spec names and a run lacks is reported by run, never skipped silently.
 

@@ -1,7 +1,8 @@
 """Applicability domain by retrieval: the nearest training molecules by Tanimoto similarity of
 Morgan bit fingerprints (exact search: bit vectors as 0/1 float32 matrices, intersections by a
-matrix product, exact up to 2^24 bits), an in-domain flag whose similarity threshold is chosen on
-the validation split, and metrics by similarity band.
+matrix product, exact up to 2^24 bits; Tanimoto is not a cosine or inner product, so
+``fm_core.index`` does not serve it), an in-domain flag whose similarity threshold is chosen on the
+task's calibration set, and metrics by similarity band.
 
 ``task.domain`` (conf/task/drug_property.yaml) holds the settings; the scorer stores the training
 fingerprints (packed bits) and ids, so ``fm-score`` reports the neighbours of every molecule.
