@@ -15,7 +15,7 @@ into a std and an interval, calibrated on the calibration set: the validation sp
 scaffold-grouped folds of the training split (each fold's heads trained on the other folds, the
 same seeds and early stopping; cross-conformal in the manner of Vovk's and Barber et al.'s CV+,
 with the final heads in place of the fold models). Scaffold splits put the validation and test
-molecules on scaffolds the heads never saw; out-of-fold residuals are of the same kind and ten
+molecules on scaffolds the heads never saw; out-of-fold residuals are of the same kind and eight
 times as many, so the interval's quantile no longer rests on the 60-130 validation molecules of
 a small dataset. ``task.domain`` finds each molecule's nearest training molecules (Tanimoto),
 chooses its in-domain threshold on the calibration set and reports test and calibration metrics
