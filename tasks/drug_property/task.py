@@ -226,7 +226,6 @@ class DrugPropertyTask:
         features without the backbone (``test/no_backbone/...``, when others remain): what the
         pre-trained weights add, in the same run and split (fm-report's twin and baseline)."""
         users = [f for f in features.values() if f.needs_backbone]
-        kinds = [t.kind for t in targets]
         arms = {"random_init": self.build_features(run, like=users[0].net)}
         rest = {n: f for n, f in build_features(self.feature_configs).items() if not f.needs_backbone}
         if rest:
@@ -235,9 +234,7 @@ class DrugPropertyTask:
         for name, feats in arms.items():
             x = featurize_smiles(feats, smiles, mols, cache, "train")
             heads, _ = self.fit_heads(x, {s: (ys[s] - y_mean) / y_std for s in SPLITS}, targets, False, desc=name)
-            per_seed = [target_metrics(targets, ys["test"], predict_targets([h], x["test"], kinds, y_mean, y_std,
-                                                                            False)[0][0]) for h in heads]
-            out.update(mean_std(per_seed, f"test/{name}/"))
+            out.update(mean_std(per_head_metrics(heads, x["test"], ys["test"], targets, y_mean, y_std), f"test/{name}/"))
             out[f"features/{name}_dim"] = int(x["train"].shape[1])
         return out
 
@@ -285,9 +282,7 @@ class DrugPropertyTask:
         heads, losses = self.fit_heads(x, {s: (ys[s] - y_mean) / y_std for s in SPLITS}, targets,
                                        unc.mean_variance)
         for s in ("valid", "test"):
-            per_seed = [target_metrics(targets, ys[s], predict_targets([h], x[s], kinds, y_mean, y_std, False)[0][0])
-                        for h in heads]
-            metrics.update(mean_std(per_seed, f"{s}/"))
+            metrics.update(mean_std(per_head_metrics(heads, x[s], ys[s], targets, y_mean, y_std), f"{s}/"))
         metrics.update(mean_std(losses, "head/"))
         metrics["members"] = len(heads)
         if any(f.needs_backbone for f in features.values()):
@@ -356,12 +351,8 @@ class DrugPropertyTask:
         metrics["domain/threshold"] = domain.choose_threshold(
             cal["nn"], per_molecule_loss(targets, cal["y"], cal["mean"], scorer.y_std))
         cal_band = domain.band_of(cal["nn"])
-        for i, b in enumerate(domain.band_names()):
-            mask = cal_band == i
-            metrics[f"calibration/band_{b}/n"] = int(mask.sum())
-            if mask.sum() >= 2:
-                metrics.update({f"calibration/band_{b}/{k}": v
-                                for k, v in target_metrics(targets, cal["y"][mask], cal["mean"][mask]).items()})
+        metrics.update(masked_metrics("calibration", targets, cal["y"], cal["mean"],
+                                      {f"band_{b}": cal_band == i for i, b in enumerate(domain.band_names())}))
         out = scorer.outputs(x["test"])
         sims, nn_ids = domain.neighbours(mols["test"])
         out.update({"nn_similarity": sims, "nn_ids": nn_ids, "in_domain": sims[:, 0] >= domain.threshold,
@@ -375,12 +366,28 @@ class DrugPropertyTask:
                 metrics.update({f"test/{k}" if len(targets) == 1 else f"test/{t.name}/{k}": v for k, v in m.items()})
         metrics["test/in_domain_fraction"] = float(out["in_domain"].mean())
         metrics["test/nn_similarity_mean"] = float(sims[:, 0].mean())
-        for name, mask in [*((f"band_{b}", out["band"] == i) for i, b in enumerate(domain.band_names())),
-                           ("in_domain", out["in_domain"]), ("out_of_domain", ~out["in_domain"])]:
-            metrics[f"test/{name}/n"] = int(mask.sum())
-            if mask.sum() >= 2:
-                metrics.update({f"test/{name}/{k}": v for k, v in target_metrics(targets, y[mask], out["mean"][mask]).items()})
+        metrics.update(masked_metrics("test", targets, y, out["mean"],
+                                      {**{f"band_{b}": out["band"] == i for i, b in enumerate(domain.band_names())},
+                                       "in_domain": out["in_domain"], "out_of_domain": ~out["in_domain"]}))
         return out
+
+
+def per_head_metrics(heads: list[Any], x: np.ndarray, y: np.ndarray, targets: list[Target], y_mean: np.ndarray,
+                     y_std: np.ndarray) -> list[dict[str, float]]:
+    """Every head's own metrics on ``(x, y)`` (one dict per seed, for :func:`mean_std`)."""
+    kinds = [t.kind for t in targets]
+    return [target_metrics(targets, y, predict_targets([h], x, kinds, y_mean, y_std, False)[0][0]) for h in heads]
+
+
+def masked_metrics(prefix: str, targets: list[Target], y: np.ndarray, pred: np.ndarray,
+                   masks: dict[str, np.ndarray]) -> dict[str, Any]:
+    """``<prefix>/<name>/n`` per subset of molecules, and its metrics when it holds two or more."""
+    out: dict[str, Any] = {}
+    for name, mask in masks.items():
+        out[f"{prefix}/{name}/n"] = int(mask.sum())
+        if mask.sum() >= 2:
+            out.update({f"{prefix}/{name}/{k}": v for k, v in target_metrics(targets, y[mask], pred[mask]).items()})
+    return out
 
 
 def write_predictions(path: Path, targets: list[Target], ids: np.ndarray, smiles: list[str], y: np.ndarray,
