@@ -17,15 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, code_completers, machine
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
-    with initialize_config_module(config_module="fm_conf", version_base=None):
-        return hydra_compose(config_name="finetune", overrides=["task=code_completion", *overrides])
+from common import RESULTS, code_completers, code_completion_task, machine
 
 
 def main() -> None:
@@ -35,7 +27,6 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     import torch
-    from hydra.utils import instantiate
 
     from fm_core.shards import load_tokenizer
     from tasks.code_completion import evaluate as ev
@@ -44,8 +35,7 @@ def main() -> None:
     torch.set_num_threads(1)
     run = Path(args.run)
     done = json.loads((run / "metrics.json").read_text())
-    cfg = compose(args.overrides)
-    task = instantiate({k: v for k, v in cfg.task.items() if k != "name"}, _recursive_=False)
+    cfg, task = code_completion_task(args.overrides)
     tok = load_tokenizer(task.data_dir)
     rows = [json.loads(x) for x in (run / "line_predictions.jsonl").read_text().splitlines()]
     lines = ev.line_cases(task.texts(tok, task.eval_split), len(rows), int(cfg.seed))

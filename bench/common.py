@@ -165,6 +165,16 @@ def padded_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
     return out + ([cur] if cur else [])
 
 
+def code_completion_task(overrides: list[str]) -> tuple[Any, Any]:
+    """(config, task) of ``fm-finetune task=code_completion`` with ``overrides``, composed as the CLI does."""
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    with initialize_config_module(config_module="fm_conf", version_base=None):
+        cfg = compose(config_name="finetune", overrides=["task=code_completion", *overrides])
+    return cfg, instantiate({k: v for k, v in cfg.task.items() if k != "name"}, _recursive_=False)
+
+
 def code_completers(run: Path, task: Any, done: dict[str, Any]) -> dict[str, Any]:
     """The completion systems of a finished (or stopped) code_completion run, rebuilt from its run
     directory: ``model`` (``export/``), ``random_init`` (``export_random_init/`` when there), and the

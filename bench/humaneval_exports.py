@@ -16,8 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from code_repo_retrieval import compose
-from common import RESULTS, code_completers, machine
+from common import RESULTS, code_completers, code_completion_task, machine
 
 
 def main() -> None:
@@ -34,8 +33,7 @@ def main() -> None:
     torch.set_num_threads(1)
     run = Path(args.run)
     done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    cfg = compose(args.overrides)
-    task = instantiate({k: v for k, v in cfg.task.items() if k != "name"}, _recursive_=False)
+    cfg, task = code_completion_task(args.overrides)
     completers = code_completers(run, task, done)
     bench = instantiate(cfg.task.humaneval)
     t = time.perf_counter()
