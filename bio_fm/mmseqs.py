@@ -69,13 +69,17 @@ def mmseqs_cluster(fasta: Path, work: Path, *, identity: float, coverage: float,
 
 
 def mmseqs_search(query: Path, target: Path, work: Path, *, min_identity: float = 0.0,
-                  threads: int | None = None) -> list[tuple[str, str, float]]:
-    """Hits of ``query`` against ``target`` as (query id, target id, identity in [0, 1])."""
+                  threads: int | None = None, sensitivity: float | None = None, evalue: float | None = None,
+                  iterations: int = 1) -> list[tuple[str, str, float]]:
+    """Hits of ``query`` against ``target`` as (query id, target id, identity in [0, 1]); MMseqs2's
+    own ``-s`` and ``-e`` unless given, ``iterations`` > 1 its iterative profile search."""
     hits = work / "hits.m8"
     if query.stat().st_size == 0 or target.stat().st_size == 0:
         return []
+    extra = ([] if sensitivity is None else ["-s", str(sensitivity)]) + ([] if evalue is None else ["-e", str(evalue)])
+    extra += ["--num-iterations", str(iterations)] if iterations > 1 else []
     mmseqs("easy-search", str(query), str(target), str(hits), str(work / "tmp"),
-           "--min-seq-id", str(min_identity), "--format-output", "query,target,fident", threads=threads)
+           "--min-seq-id", str(min_identity), *extra, "--format-output", "query,target,fident", threads=threads)
     shutil.rmtree(work / "tmp", ignore_errors=True)
     out = []
     with open(hits) as fh:
@@ -89,15 +93,18 @@ ALIGNMENT_COLUMNS = "query,target,fident,qstart,qend,qaln,taln"
 
 
 def mmseqs_align(query: Path, target: Path, work: Path, *, sensitivity: float, max_seqs: int, evalue: float,
-                 threads: int | None) -> list[tuple[str, str, float, int, str, str]]:
+                 iterations: int, threads: int | None) -> list[tuple[str, str, float, int, str, str]]:
     """Alignments of ``query`` against ``target`` (FASTA or MMseqs2 database): one row per hit,
     ``(query id, target id, identity in [0, 1], qstart (1-based), aligned query, aligned target)``,
-    each query's hits best first, as ``bio_fm.profiles.query_anchored`` takes them."""
+    each query's hits best first, as ``bio_fm.profiles.query_anchored`` takes them. ``iterations`` > 1
+    is MMseqs2's iterative profile search (``--num-iterations``, as PSI-BLAST): each round searches
+    with the profile of the hits so far."""
     hits = work / "alignments.m8"
     if query.stat().st_size == 0:
         return []
     mmseqs("easy-search", str(query), str(target), str(hits), str(work / "tmp"), "-s", str(sensitivity),
-           "--max-seqs", str(max_seqs), "-e", str(evalue), "--format-output", ALIGNMENT_COLUMNS, threads=threads)
+           "--max-seqs", str(max_seqs), "-e", str(evalue), "--num-iterations", str(iterations),
+           "--format-output", ALIGNMENT_COLUMNS, threads=threads)
     shutil.rmtree(work / "tmp", ignore_errors=True)
     return read_alignments(hits)
 

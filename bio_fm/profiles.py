@@ -79,23 +79,31 @@ def coverage(msa: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def mutual_information(msa: np.ndarray, weights: np.ndarray, pseudocount: float, block: int = 64) -> np.ndarray:
-    """(L, L) mutual information (nats) of column pairs over 21 states; the diagonal is 0."""
+    """(L, L) mutual information (nats) of column pairs over 21 states; the diagonal is 0.
+
+    Computed as ``H_i + H_j - H_ij``: every row has exactly one state per column, so the pair
+    frequencies (pseudocount mixing included) sum to the single-column ones and the usual
+    ``sum f_ij log(f_ij / (f_i f_j))`` equals that entropy difference, with one logarithm per pair
+    frequency instead of a ratio and a logarithm."""
     n, length = msa.shape
     w = weights / weights.sum()
     x = onehot_states(msa).reshape(n, length * STATES).astype(np.float64)  # (N, L * Q)
     fi = ((1 - pseudocount) * (w @ x) + pseudocount / STATES).reshape(length, STATES)
+    h = -_xlogx(fi).sum(1)
     xw = x * w[:, None]
     mi = np.zeros((length, length))
     for start in range(0, length, block):
         stop = min(length, start + block)
         fij = (xw[:, start * STATES : stop * STATES].T @ x).reshape(stop - start, STATES, length, STATES)
         fij = (1 - pseudocount) * fij + pseudocount / STATES**2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = fij / (fi[start:stop, :, None, None] * fi[None, None, :, :])
-        terms = np.where(fij > 0, fij * np.log(np.where(fij > 0, ratio, 1.0)), 0.0)
-        mi[start:stop] = terms.sum((1, 3))
+        mi[start:stop] = h[start:stop, None] + h[None, :] + _xlogx(fij).sum((1, 3))
     np.fill_diagonal(mi, 0.0)
-    return mi
+    return np.maximum(mi, 0.0)
+
+
+def _xlogx(f: np.ndarray) -> np.ndarray:
+    """f log f, 0 where f is 0."""
+    return f * np.log(np.where(f > 0, f, 1.0))
 
 
 def apc(mi: np.ndarray) -> np.ndarray:

@@ -120,7 +120,7 @@ def test_go_transfer_task_end_to_end_on_the_prepared_slice(compose, go_data, tmp
     assert sum(m[b] for b in bins) == m["data/test_proteins"] + m["data/test_near_proteins"]
     assert m["data/bin_30to50_proteins"] + m["data/bin_ge50_proteins"] == m["data/test_near_proteins"]
     for ont in ("BPO", "MFO", "CCO"):
-        for method in ("naive", "mmseqs", "knn", "random_init_knn"):
+        for method in ("naive", "mmseqs", "mmseqs+naive", "knn", "random_init_knn"):
             assert 0.0 <= m[f"test/{method}/{ont}/fmax"] <= 1.0
         assert m[f"test/naive/{ont}/coverage"] == 1.0  # the naive baseline predicts for everyone
     # the naive baseline recomputed from the files
@@ -156,7 +156,7 @@ def test_go_transfer_task_end_to_end_fast(compose, tmp_path, monkeypatch):
     from tasks.go_transfer import task as go_task
 
     _hand_made_split(tmp_path)
-    monkeypatch.setattr(go_task, "best_hits", lambda query, target, threads: {0: [(0, 0.8), (1, 0.35)]})
+    monkeypatch.setattr(go_task, "best_hits", lambda query, target, threads, search: {0: [(0, 0.8), (1, 0.35)]})
     cfg = compose(["task=go_transfer", "model=tiny", "logger=csv", f"paths.run_dir={tmp_path / 'run'}",
                    f"task.data_dir={tmp_path}", "task.knn.k=2"], config_name="finetune")
     m = finetune(cfg)
@@ -167,6 +167,10 @@ def test_go_transfer_task_end_to_end_fast(compose, tmp_path, monkeypatch):
     assert m["test/mmseqs/MFO/fmax"] == pytest.approx(2 / 3)
     assert m["test/mmseqs/MFO/coverage"] == pytest.approx(0.5)
     assert m["bin_no_hit/mmseqs/MFO/fmax"] == 0.0 and m["bin_ge50/mmseqs/MFO/fmax"] == pytest.approx(1.0)
+    # mmseqs+naive: te1 (no hit) gets the naive prediction, te0 keeps its transfer
+    assert m["bin_ge50/mmseqs+naive/MFO/fmax"] == pytest.approx(1.0)
+    assert m["bin_no_hit/mmseqs+naive/MFO/fmax"] == pytest.approx(
+        fmax([{"GO:3", "GO:6"}], [{"GO:1": 0.5, "GO:2": 0.5, "GO:3": 0.5}], cafa_thresholds(100))["fmax"])
     # naive: GO:1, GO:2, GO:3 each at 1/2 (three of six MFO train proteins)
     naive = {"GO:1": 0.5, "GO:2": 0.5, "GO:3": 0.5}
     truth = [{"GO:1", "GO:2"}, {"GO:3", "GO:6"}]

@@ -341,3 +341,121 @@ def test_secondary_structure_with_retrieval(compose, structures, tmp_path):
     assert again.identical and again.max_identity == pytest.approx(1.0)
     w = profiles.sequence_weights(again.msa, cfg.task.retrieval.identity)
     np.testing.assert_allclose(again.features[:, :20], profiles.position_profile(again.msa, w, 1.0), rtol=1e-6)
+
+
+class _Chain:
+    def __init__(self, rows):
+        from bio_fm import profiles
+        from tasks.structure.retrieval import Retrieved
+
+        msa = np.stack([profiles.encode(r) for r in rows])
+        self.sequence = rows[0]
+        self.cache = {"retrieval": Retrieved(msa, profiles.profile_features(msa, identity=0.8, pseudocount=1.0),
+                                             len(rows) - 1, 0.5, 0.5, False)}
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+
+def test_pair_features_standardise_the_coupling_and_give_the_separation():
+    """Columns 1 and 4 co-vary perfectly over the alignment, the others are constant or random:
+    (1, 4) gets the largest standardised coupling; below min_homologues_mi the channel is zero."""
+    from tasks.contacts.task import pair_features
+
+    rng = np.random.default_rng(0)
+    aa = "ACDEFGHIKLMNPQRSTVWY"
+    rows = []
+    for _ in range(40):
+        k = rng.integers(0, 20)
+        noise = [aa[rng.integers(0, 20)] for _ in range(6)]
+        rows.append("".join([noise[0], aa[k], "G", noise[3], aa[(k + 7) % 20], noise[5]]))
+    cfg = {"min_homologues_mi": 10, "identity": 0.8, "mi_pseudocount": 0.5}
+    f = pair_features(_Chain(rows), cfg)
+    assert f.shape == (6, 6, 2)
+    mi = f[..., 0]
+    off = ~np.eye(6, dtype=bool)
+    np.testing.assert_allclose(mi, mi.T, atol=1e-6)
+    assert mi[off].mean() == pytest.approx(0.0, abs=1e-5) and mi[off].std() == pytest.approx(1.0, rel=1e-4)
+    assert np.unravel_index(np.argmax(np.where(off, mi, -np.inf)), mi.shape) in ((1, 4), (4, 1))
+    np.testing.assert_allclose(f[0, 5, 1], np.log1p(5) / np.log1p(6), rtol=1e-6)
+    assert f[2, 2, 1] == 0.0
+    few = pair_features(_Chain(rows[:5]), cfg)  # 4 homologues < 10
+    assert not few[..., 0].any() and np.array_equal(few[..., 1], f[..., 1])
+
+
+def test_pair_head_takes_pair_features_and_the_dataset_crops_them_with_the_residues():
+    from tasks.structure.heads import PairFeatureDataset, PairHead
+
+    torch.manual_seed(0)
+    head = PairHead(5, proj=4, channels=8, dilations=[1, 2], pair_dim=2).eval()
+    x, pair = torch.randn(1, 9, 5), torch.randn(1, 9, 9, 2)
+    y = head(x, pair)
+    assert y.shape == (1, 9, 9) and torch.allclose(y, y.transpose(1, 2))
+    assert not torch.allclose(y, head(x, pair + 1.0))  # the pair channels reach the output
+    plain = PairHead(5, proj=4, channels=8, dilations=[1, 2]).eval()
+    assert plain.kwargs["pair_dim"] == 0 and plain(x).shape == (1, 9, 9)
+    # features, pair features and contacts cut from the same window
+    n = 20
+    feats = np.arange(n, dtype=np.float32)[:, None].repeat(3, 1)
+    pf = (np.arange(n)[:, None] * 100 + np.arange(n)[None, :]).astype(np.float32)[..., None]
+    contacts = np.zeros((n, n), bool)
+    contacts[np.arange(n - 1), np.arange(1, n)] = True
+    ds = PairFeatureDataset([(feats, pf, contacts)], crop=8, min_separation=6, seed=3)
+    fx, fp, fc = ds[0]
+    start = int(fx[0, 0])
+    assert len(fx) == 8 and fp[0, 0, 0] == start * 101 and fp[2, 5, 0] == (start + 2) * 100 + start + 5
+    batch = ds.collate([ds[0], (feats[:5], pf[:5, :5], contacts[:5, :5])])
+    assert batch["x"].shape == (2, 8, 3) and batch["pair"].shape == (2, 8, 8, 1)
+    assert not batch["pair_mask"][1, :, 5:].any() and batch["pair_mask"][0, 0, 6] and not batch["pair_mask"][0, 0, 5]
+
+
+@pytest.mark.slow
+def test_contacts_with_retrieval(compose, structures, tmp_path):
+    """task.retrieval.database in the contacts task: the coupling baseline and the two supervised
+    pair heads over the retrieved profile (with and without the backbone), their summary margins,
+    and the train chains of the supervised heads searched too (in retrieval_per_chain.tsv)."""
+    from fm_core.finetune import finetune
+    from tasks.structure.data import load_split
+
+    test = load_split(structures, "test", 12, seed=0)
+    db = _retrieval_database(tmp_path, test[:2])
+    cfg = compose(_common(tmp_path / "run", structures, "contacts",
+                          ["task.supervised.train_chains=8", "task.supervised.max_steps=3", "task.supervised.crop=48",
+                           "task.plot_chains=1", f"task.retrieval.database={db}", "task.retrieval.iterations=1",
+                           f"task.retrieval.cache_dir={tmp_path / 'cache'}"]),
+                  config_name="finetune")
+    m = finetune(cfg)
+    for method in ("retrieved_coupling", "retrieved_pair", "supervised_retrieval"):
+        assert 0 <= m[f"test/{method}/long_P@L5"] <= 1 and f"test_no_identical_hit/{method}/long_P@L5" in m
+    best = m["summary/best_retrieval_method"]
+    single = ("esm_lr", "supervised", "random_init_esm_lr", "random_init_supervised", "random", "separation_prior")
+    assert m["test/margin_best_retrieval_vs_best_single_sequence/long_P@L5"] == pytest.approx(
+        m[f"test/{best}/long_P@L5"] - max(m[f"test/{s}/long_P@L5"] for s in single))
+    assert m["retrieval/test_chains_with_identical_hit"] >= 2
+    rows = (tmp_path / "run" / "retrieval_per_chain.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 8 + 12 and sum(r.split("\t")[1] == "train" for r in rows) == 8
+
+
+def test_window_head_with_two_hidden_layers_keeps_padding_out():
+    """layers=2: a chain padded in a batch gets the same logits as alone (the hidden layer is masked
+    before the second window), and the saved kwargs rebuild the same head."""
+    from tasks.structure.heads import WindowHead
+
+    torch.manual_seed(0)
+    head = WindowHead(6, out_dims=(3, 8), window=5, hidden=16, dropout=0.0, layers=2).eval()
+    with torch.no_grad():
+        head.mean.fill_(0.3)  # a nonzero standardisation: padding would leak without the masks
+        for p in head.parameters():
+            p.add_(0.1)
+    short, long = torch.randn(1, 7, 6), torch.randn(1, 12, 6)
+    batch = torch.zeros(2, 12, 6)
+    batch[0, :7], batch[1] = short[0], long[0]
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, :7], mask[1] = True, True
+    with torch.no_grad():
+        alone = head(short, torch.ones(1, 7, dtype=torch.bool))
+        padded = head(batch, mask)
+    for a, b in zip(alone, padded, strict=True):
+        torch.testing.assert_close(a[0], b[0, :7], rtol=1e-5, atol=1e-6)
+    assert len([m for m in head.net if isinstance(m, torch.nn.Conv1d)]) == 3
+    assert WindowHead(**{k: v for k, v in head.kwargs.items() if k != "in_dim"}, in_dim=6).kwargs == head.kwargs

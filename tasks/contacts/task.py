@@ -15,7 +15,11 @@ Methods, all on the same test chains, one run:
   ranks first).
 - with ``retrieval.database`` (``tasks.structure.retrieval``): ``retrieved_coupling``, the APC-corrected
   mutual information of each chain's retrieved alignment (>= ``min_homologues_mi`` homologues, else
-  the separation prior); subsets by homologue stratum and without identical hits.
+  the separation prior); ``retrieved_pair``, a ``PairHead`` trained on the retrieved profile and
+  coupling (``pair_features``: standardised MI and the log separation) without a language model;
+  ``supervised_retrieval``, the same over the backbone's last-layer embeddings with the profile
+  beside them (``supervised``'s settings and training chains); subsets by homologue stratum and
+  without identical hits.
 
 Metrics: precision at L, L/2, L/5 for short / medium / long range (``tasks.structure.metrics``) on
 every test chain (``test/<method>/long_P@L5``), on the chains without an MMseqs2 hit in train
@@ -41,7 +45,15 @@ from fm_core.finetune import FinetuneRun
 from fm_core.model import MaskedLM
 from tasks.structure import data as sd
 from tasks.structure import retrieval as sr
-from tasks.structure.heads import ContactDataset, ContactModule, PairHead, contact_probabilities, save_head
+from tasks.structure.heads import (
+    ContactDataset,
+    ContactModule,
+    PairFeatureDataset,
+    PairFeatureModule,
+    PairHead,
+    contact_probabilities,
+    save_head,
+)
 from tasks.structure.metrics import (
     MIN_SEPARATION,
     RANGES,
@@ -109,6 +121,39 @@ def pair_head_scorer(backbone: MaskedLM, head: PairHead, tokenizer) -> Scorer:
     return score
 
 
+def coupling(chain: sd.Chain, cfg: dict[str, Any]) -> np.ndarray:
+    """The APC-corrected mutual information of the chain's retrieved alignment, computed once per
+    chain (kept in ``chain.cache['coupling']``: three methods read it)."""
+    if "coupling" not in chain.cache:
+        chain.cache["coupling"] = profiles.coupling_map(chain.cache["retrieval"].msa, identity=cfg["identity"],
+                                                        pseudocount=cfg["mi_pseudocount"])
+    return chain.cache["coupling"]
+
+
+def pair_features(chain: sd.Chain, cfg: dict[str, Any]) -> np.ndarray:
+    """(L, L, 2) pair features of a chain's retrieved alignment: its APC-corrected mutual information,
+    standardised over the chain's pairs i != j (zero below ``min_homologues_mi`` homologues), and
+    log(1 + |i - j|) / log(1 + L)."""
+    r, n = chain.cache["retrieval"], len(chain)
+    mi = np.zeros((n, n), np.float32)
+    if r.homologues >= cfg["min_homologues_mi"] and n > 1:
+        mi = coupling(chain, cfg)
+        off = ~np.eye(n, dtype=bool)
+        mi = np.where(off, (mi - mi[off].mean()) / max(float(mi[off].std()), 1e-6), 0.0).astype(np.float32)
+    sep = np.abs(np.arange(n)[None, :] - np.arange(n)[:, None])
+    return np.stack([mi, (np.log1p(sep) / np.log1p(max(n, 1))).astype(np.float32)], -1)
+
+
+def feature_pair_scorer(head: PairHead, feats: Callable[[sd.Chain], np.ndarray], cfg: dict[str, Any]) -> Scorer:
+    @torch.no_grad()
+    def score(chain: sd.Chain) -> np.ndarray:
+        x = torch.as_tensor(feats(chain), dtype=torch.float32)[None]
+        pair = torch.as_tensor(pair_features(chain, cfg))[None]
+        return torch.sigmoid(head(x, pair))[0].float().numpy()
+
+    return score
+
+
 class ContactTask(sd.StructureTask):
     """Arguments: see ``conf/task/contacts.yaml`` (the defaults live there only)."""
 
@@ -143,7 +188,7 @@ class ContactTask(sd.StructureTask):
         scorers["random"] = lambda c: random_scores(len(c), seed=run.seed)
         scorers["separation_prior"] = lambda c: separation_prior_scores(len(c), seed=run.seed)
         if self.retrieval["database"]:
-            groups = self.add_retrieval(run, s, scorers)
+            groups = self.add_retrieval(run, s, scorers, pool[: sup["train_chains"]])
 
         per_chain: dict[str, list[dict[str, float]]] = {m: [] for m in scorers}
         keep = self.plot_indices(test)
@@ -167,6 +212,16 @@ class ContactTask(sd.StructureTask):
             metrics[f"{group}/margin_best_model_vs_best_baseline/long_P@L5"] = (
                 metrics[f"{group}/{best_model}/long_P@L5"] - metrics[f"{group}/{best_base}/long_P@L5"])
         metrics["summary/best_model"], metrics["summary/best_baseline"] = best_model, best_base
+        if self.retrieval["database"]:
+            mine = [m for m in scorers if "retriev" in m]
+            best = max(mine, key=lambda m: metrics[f"test/{m}/long_P@L5"])
+            single = [m for m in scorers if m not in mine]  # the backbone's own methods and every baseline
+            metrics["summary/best_retrieval_method"] = best
+            for group in groups:
+                p = {m: metrics[f"{group}/{m}/long_P@L5"] for m in scorers}
+                metrics[f"{group}/margin_best_retrieval_vs_best_single_sequence/long_P@L5"] = (
+                    p[best] - max(p[m] for m in single))
+                metrics[f"{group}/margin_best_retrieval_vs_separation_prior/long_P@L5"] = p[best] - p["separation_prior"]
 
         export = save_pretrained(run.run_dir / "export", net, alphabet,
                                  metadata={"contact_head": "esm_lr fitted by fm-finetune task=contacts"})
@@ -174,24 +229,56 @@ class ContactTask(sd.StructureTask):
         self.plots(run, test, kept_maps, per_chain)
         return metrics
 
-    def add_retrieval(self, run: FinetuneRun, s: sd.StructureSetup, scorers: dict[str, Scorer]) -> dict[str, list[int]]:
-        """Retrieve homologues of the test chains; add ``retrieved_coupling``: the APC-corrected mutual
-        information of the retrieved alignment where it holds ``min_homologues_mi`` homologues, the
-        separation prior elsewhere. Returns the subsets with the homologue strata."""
+    def add_retrieval(self, run: FinetuneRun, s: sd.StructureSetup, scorers: dict[str, Scorer],
+                      train: list[sd.Chain]) -> dict[str, list[int]]:
+        """Retrieve homologues of the test chains and of the supervised heads' ``train`` chains; add
+        ``retrieved_coupling`` (the APC-corrected mutual information of the retrieved alignment where
+        it holds ``min_homologues_mi`` homologues, the separation prior elsewhere), ``retrieved_pair``
+        (a ``PairHead`` over the retrieved profile and coupling, no language model) and
+        ``supervised_retrieval`` (the same over the backbone's embeddings with the profile beside
+        them). Returns the subsets with the homologue strata."""
         cfg = self.retrieval
-        sr.retrieve(s.test, cfg, self.mmseqs_threads)
-        s.metrics.update(sr.retrieval_report(run.run_dir, {"test": s.test}))
+        sr.retrieve(train + s.test, cfg, self.mmseqs_threads)
+        s.metrics.update(sr.retrieval_report(run.run_dir, {"train": train, "test": s.test}))
 
-        def coupling(chain: sd.Chain) -> np.ndarray:
-            r = chain.cache["retrieval"]
-            if r.homologues < cfg["min_homologues_mi"]:
+        def retrieved_coupling(chain: sd.Chain) -> np.ndarray:
+            if chain.cache["retrieval"].homologues < cfg["min_homologues_mi"]:
                 return separation_prior_scores(len(chain), seed=run.seed)
-            return profiles.coupling_map(r.msa, identity=cfg["identity"], pseudocount=cfg["mi_pseudocount"])
+            return coupling(chain, cfg)
 
-        scorers["retrieved_coupling"] = coupling
+        scorers["retrieved_coupling"] = retrieved_coupling
+        layer = [s.net.config.num_layers]
+        sources = {"retrieved_pair": lambda c: c.cache["retrieval"].features,
+                   "supervised_retrieval": lambda c: np.concatenate(
+                       [sd.backbone_features(s.net, s.tokenizer, c, layers=layer)["embeddings"],
+                        c.cache["retrieval"].features], 1)}
+        for name, feats in sources.items():
+            items = [(feats(c), pair_features(c, cfg), c.contacts())
+                     for c in tqdm(train, desc=f"{name} features (train)", leave=False)]
+            head = self.train_feature_pair_head(run, items, name)
+            scorers[name] = feature_pair_scorer(head, feats, cfg)
         groups = sr.retrieval_subsets(s.test, s.groups)
         s.metrics.update({f"data/{name}_chains": len(idx) for name, idx in groups.items()})
         return groups
+
+    def train_feature_pair_head(self, run: FinetuneRun, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                                name: str) -> PairHead:
+        """A ``PairHead`` over precomputed (per-residue, pair) features, ``supervised``'s settings."""
+        sup = self.supervised
+        torch.manual_seed(run.seed)
+        head = PairHead(items[0][0].shape[1], proj=sup["proj"], channels=sup["channels"], dilations=sup["dilations"],
+                        pair_dim=items[0][1].shape[2])
+        module = PairFeatureModule(head, lr=sup["lr"], weight_decay=sup["weight_decay"], name=name)
+        ds = PairFeatureDataset(items, crop=sup["crop"], min_separation=MIN_SEPARATION, seed=run.seed)
+        self.fit_loader(run, module, ds, sup)
+        return head.eval()
+
+    def fit_loader(self, run: FinetuneRun, module: Any, ds: Any, sup: dict) -> None:
+        loader = torch.utils.data.DataLoader(ds, batch_size=sup["batch_size"], shuffle=True, collate_fn=ds.collate,
+                                             generator=torch.Generator().manual_seed(run.seed))
+        trainer = run.trainer(max_steps=sup["max_steps"], limit_val_batches=0, enable_checkpointing=False,
+                              enable_model_summary=False, val_check_interval=None, check_val_every_n_epoch=None)
+        trainer.fit(module, train_dataloaders=loader)
 
     def train_pair_head(self, run: FinetuneRun, backbone: MaskedLM, tokenizer, chains: list[sd.Chain],
                         sup: dict, name: str) -> ContactModule:
@@ -204,11 +291,7 @@ class ContactTask(sd.StructureTask):
         items = [(tokenizer.add_special_tokens(c.tokens), c.contacts()) for c in chains]
         ds = ContactDataset(items, crop=sup["crop"], pad_id=backbone.config.pad_id, min_separation=MIN_SEPARATION,
                             seed=run.seed)
-        loader = torch.utils.data.DataLoader(ds, batch_size=sup["batch_size"], shuffle=True, collate_fn=ds.collate,
-                                             generator=torch.Generator().manual_seed(run.seed))
-        trainer = run.trainer(max_steps=sup["max_steps"], limit_val_batches=0, enable_checkpointing=False,
-                              enable_model_summary=False, val_check_interval=None, check_val_every_n_epoch=None)
-        trainer.fit(module, train_dataloaders=loader)
+        self.fit_loader(run, module, ds, sup)
         module.eval()
         return module
 
@@ -271,4 +354,4 @@ class ContactTask(sd.StructureTask):
         run.save_figure(fig, "per_chain_precision.png", "contacts/per_chain_precision")
 
 
-__all__ = ["ContactTask", "fit_contact_regression", "pair_training_set", "RANGES"]
+__all__ = ["ContactTask", "coupling", "feature_pair_scorer", "fit_contact_regression", "pair_features", "pair_training_set", "RANGES"]

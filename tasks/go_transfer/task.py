@@ -11,7 +11,10 @@ ontology (the database is the train proteins annotated in that ontology):
   neighbours carrying it) or ``vote`` (the similarity-weighted fraction of them carrying it);
 - ``random_init_knn``: the same over the random-init twin's embeddings (``run.random_backbone``);
 - ``mmseqs``: MMseqs2 best-hit transfer (a term's score is the identity of the best hit carrying
-  it; CAFA's BLAST baseline); a protein without hits gets no prediction;
+  it; CAFA's BLAST baseline), searched with ``mmseqs`` (sensitivity, e-value, iterations); a
+  protein without hits gets no prediction;
+- ``mmseqs+naive``: the same, with the naive prediction for a protein without a hit (how a BLAST
+  annotation pipeline falls back to the prior);
 - ``naive``: every protein gets each term's frequency among the train proteins (CAFA's naive).
 
 Metrics (flat): ``<group>/<method>/<ontology>/{fmax,threshold,coverage,precision,recall}`` and
@@ -82,14 +85,16 @@ def load_split(data_dir: Path, split: str, limit: int | None, seed: int) -> list
     return records
 
 
-def best_hits(query: list[tuple[str, str]], target: list[tuple[str, str]], threads: int | None
-              ) -> dict[int, list[tuple[int, float]]]:
-    """MMseqs2 hits of ``query`` against ``target``: query row -> [(target row, identity)], best first."""
+def best_hits(query: list[tuple[str, str]], target: list[tuple[str, str]], threads: int | None,
+              search: dict[str, Any]) -> dict[int, list[tuple[int, float]]]:
+    """MMseqs2 hits of ``query`` against ``target``: query row -> [(target row, identity)], best first;
+    ``search``: ``sensitivity``, ``evalue``, ``iterations`` (``task.mmseqs``)."""
     with tempfile.TemporaryDirectory(prefix="fm_go_search_") as tmp:
         q, t = Path(tmp) / "query.fa", Path(tmp) / "target.fa"
         q.write_text("".join(f">{k}\n{s}\n" for k, (_, s) in enumerate(query)))
         t.write_text("".join(f">{k}\n{s}\n" for k, (_, s) in enumerate(target)))
-        raw = mmseqs_search(q, t, Path(tmp), threads=threads)
+        raw = mmseqs_search(q, t, Path(tmp), threads=threads, sensitivity=search["sensitivity"],
+                            evalue=search["evalue"], iterations=search["iterations"])
     hits: dict[int, list[tuple[int, float]]] = {}
     for qk, tk, ident in raw:
         hits.setdefault(int(qk), []).append((int(tk), ident))
@@ -148,14 +153,14 @@ class GoTransferTask:
     """Arguments: see ``conf/task/go_transfer.yaml`` (the defaults live there only)."""
 
     def __init__(self, *, data_dir: str, layer: int, knn: dict, identity_bins: list[float], threshold_steps: int,
-                 max_train: int | None, max_test: int | None, embed: dict, mmseqs_threads: int | None,
+                 max_train: int | None, max_test: int | None, embed: dict, mmseqs: dict, mmseqs_threads: int | None,
                  num_threads: int | None, train_size: int | float | None):
         self.train_size = train_size  # label budget over the annotated train proteins (fm_core.label_budget)
         self.data_dir, self.layer, self.knn = data_dir, int(layer), dict(knn)
         self.edges = sorted(float(e) for e in identity_bins)
         self.thresholds = cafa_thresholds(int(threshold_steps))
         self.max_train, self.max_test, self.embed = max_train, max_test, dict(embed)
-        self.mmseqs_threads, self.num_threads = mmseqs_threads, num_threads
+        self.mmseqs, self.mmseqs_threads, self.num_threads = dict(mmseqs), mmseqs_threads, num_threads
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
         data_dir = prepared(self.data_dir)
@@ -171,7 +176,7 @@ class GoTransferTask:
         alphabet = ProteinAlphabet()
         net = run.backbone(alphabet)
         nets = {"knn": net, "random_init_knn": run.random_backbone(net, alphabet)}
-        hits = best_hits(queries, train, self.mmseqs_threads)
+        hits = best_hits(queries, train, self.mmseqs_threads, self.mmseqs)
         nearest = [hits[k][0][1] if k in hits else 0.0 for k in range(len(evals))]
         vectors = {m: (mean_embeddings(n, alphabet, train, layer=self.layer, **self.embed),
                        mean_embeddings(n, alphabet, queries, layer=self.layer, **self.embed)) for m, n in nets.items()}
@@ -195,12 +200,13 @@ class GoTransferTask:
         rows = [k for k, (a, _) in enumerate(train) if ont in ann.get(a, {})]
         terms = [ann.get(a, {}).get(ont, set()) for a, _ in train]
         if not rows:
-            return {m: [{} for _ in evals] for m in ("naive", "mmseqs", *vectors)}
+            return {m: [{} for _ in evals] for m in ("naive", "mmseqs", "mmseqs+naive", *vectors)}
         naive = naive_prediction([terms[r] for r in rows], float(self.thresholds[0]))
         useful = set(rows)
         preds: dict[str, list[Prediction]] = {"naive": [naive] * len(evals)}
         preds["mmseqs"] = [transfer([h for h in hits.get(k, []) if h[0] in useful], terms, "max")
                            for k in range(len(evals))]
+        preds["mmseqs+naive"] = [p or naive for p in preds["mmseqs"]]
         for method, (db, query) in vectors.items():
             preds[method] = self.knn_predictions(db[rows], query, rows, terms, method)
         return preds
@@ -236,7 +242,7 @@ class GoTransferTask:
             if f"test/naive/{ont}/fmax" not in metrics:
                 continue
             base = metrics[f"test/naive/{ont}/fmax"]
-            for method in ("knn", "random_init_knn", "mmseqs"):
+            for method in ("knn", "random_init_knn", "mmseqs", "mmseqs+naive"):
                 out[f"summary/{ont}/{method}_minus_naive"] = metrics[f"test/{method}/{ont}/fmax"] - base
             out[f"summary/{ont}/knn_minus_mmseqs"] = metrics[f"test/knn/{ont}/fmax"] - metrics[f"test/mmseqs/{ont}/fmax"]
         return out
@@ -247,7 +253,7 @@ class GoTransferTask:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        methods = ("naive", "mmseqs", "random_init_knn", "knn")
+        methods = ("naive", "mmseqs", "mmseqs+naive", "random_init_knn", "knn")
         onts = [o for o in ONTOLOGIES if f"test/naive/{o}/fmax" in metrics]
         fig, ax = plt.subplots(figsize=(7, 3.8))
         width = 0.8 / len(methods)

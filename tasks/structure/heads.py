@@ -1,10 +1,11 @@
 """Heads for the structure tasks and their Lightning modules.
 
-- ``WindowHead``: per-residue classifier over a window of residues (Conv1d of width ``window``,
-  GELU, Conv1d 1x1); ``hidden=0`` and ``window=1`` is a linear probe. Over one-hot residues or
+- ``WindowHead``: per-residue classifier over a window of residues (``layers`` Conv1d of width
+  ``window``, each with GELU, then Conv1d 1x1); ``hidden=0`` and ``window=1`` is a linear probe. Over one-hot residues or
   sequence profiles it is the classic window-MLP baseline; over embeddings it is the probe/conv head.
-- ``PairHead``: contact logits from per-residue embeddings: a projection, the pair tensor
-  [a_i, a_j, a_i * a_j], a few residual 2D convolutions (dilated), symmetrised.
+- ``PairHead``: contact logits from per-residue features: a projection, the pair tensor
+  [a_i, a_j, a_i * a_j] (and, with ``pair_dim``, given pair features such as a retrieved
+  alignment's coupling map), a few residual 2D convolutions (dilated), symmetrised.
 - ``save_head`` / ``load_head``: a head as ``<name>.json`` (its class's name in ``HEADS`` + arguments)
   and ``<name>.safetensors``, so ``fm-predict-structure`` rebuilds it without pickle and without
   importing anything a file names.
@@ -32,20 +33,26 @@ from fm_core.padding import pad_batch
 
 
 class WindowHead(nn.Module):
-    def __init__(self, in_dim: int, *, out_dims: Sequence[int], window: int, hidden: int, dropout: float):
+    def __init__(self, in_dim: int, *, out_dims: Sequence[int], window: int, hidden: int, dropout: float,
+                 layers: int = 1):
         super().__init__()
         if window % 2 != 1:
             raise ValueError(f"window must be odd, got {window}")
+        if layers < 1:
+            raise ValueError(f"layers must be at least 1, got {layers}")
         self.kwargs = {"in_dim": in_dim, "out_dims": list(out_dims), "window": window, "hidden": hidden,
-                       "dropout": dropout}
+                       "dropout": dropout, "layers": layers}
         self.out_dims = list(out_dims)
         # feature standardisation measured on the training residues (set_standardisation)
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("std", torch.ones(in_dim))
         total = sum(out_dims)
         if hidden:
-            self.net = nn.Sequential(nn.Conv1d(in_dim, hidden, window, padding=window // 2), nn.GELU(),
-                                     nn.Dropout(dropout), nn.Conv1d(hidden, total, 1))
+            blocks: list[nn.Module] = []
+            for k in range(layers):  # hidden convolutions of width `window`, each seeing the last one's window
+                blocks += [nn.Conv1d(in_dim if k == 0 else hidden, hidden, window, padding=window // 2), nn.GELU(),
+                           nn.Dropout(dropout)]
+            self.net = nn.Sequential(*blocks, nn.Conv1d(hidden, total, 1))
         else:
             self.net = nn.Conv1d(in_dim, total, window, padding=window // 2)
 
@@ -57,32 +64,40 @@ class WindowHead(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> list[Tensor]:
         """x (B, L, F), mask (B, L) -> logits per output (B, L, C_k); padding is zeroed before the
         convolution so it never leaks into a window."""
-        x = ((x - self.mean) / self.std) * mask[..., None].to(x.dtype)
-        y = self.net(x.transpose(1, 2)).transpose(1, 2)
+        keep = mask[:, None, :].to(x.dtype)
+        y = (((x - self.mean) / self.std) * mask[..., None].to(x.dtype)).transpose(1, 2)
+        for module in self.net if isinstance(self.net, nn.Sequential) else [self.net]:
+            y = module(y)
+            if isinstance(module, nn.Dropout):
+                y = y * keep  # padding stays zero for the next hidden layer's window
+        y = y.transpose(1, 2)
         return list(torch.split(y, self.out_dims, dim=-1))
 
 
 class PairHead(nn.Module):
-    def __init__(self, in_dim: int, *, proj: int, channels: int, dilations: Sequence[int], kernel: int = 3):
+    def __init__(self, in_dim: int, *, proj: int, channels: int, dilations: Sequence[int], kernel: int = 3,
+                 pair_dim: int = 0):
         super().__init__()
         self.kwargs = {"in_dim": in_dim, "proj": proj, "channels": channels, "dilations": list(dilations),
-                       "kernel": kernel}
+                       "kernel": kernel, "pair_dim": pair_dim}
         self.norm = nn.LayerNorm(in_dim)
         self.proj = nn.Linear(in_dim, proj)
-        self.inp = nn.Conv2d(3 * proj, channels, 1)
+        self.inp = nn.Conv2d(3 * proj + pair_dim, channels, 1)
         self.blocks = nn.ModuleList(
             nn.Sequential(nn.BatchNorm2d(channels), nn.GELU(),
                           nn.Conv2d(channels, channels, kernel, padding=d * (kernel // 2), dilation=d))
             for d in dilations)
         self.out = nn.Conv2d(channels, 1, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (B, L, D) -> symmetric contact logits (B, L, L)."""
+    def forward(self, x: Tensor, pair: Tensor | None = None) -> Tensor:
+        """x (B, L, D) and, with ``pair_dim``, pair features ``pair`` (B, L, L, pair_dim) -> symmetric
+        contact logits (B, L, L)."""
         a = self.proj(self.norm(x))  # (B, L, P)
         L_ = a.shape[1]
         ai = a[:, :, None, :].expand(-1, -1, L_, -1)
         aj = a[:, None, :, :].expand(-1, L_, -1, -1)
-        h = self.inp(torch.cat([ai, aj, ai * aj], dim=-1).permute(0, 3, 1, 2))
+        parts = [ai, aj, ai * aj] + ([pair.to(a.dtype)] if self.kwargs["pair_dim"] else [])
+        h = self.inp(torch.cat(parts, dim=-1).permute(0, 3, 1, 2))
         for block in self.blocks:
             h = h + block(h)
         y = self.out(h)[:, 0]
@@ -248,9 +263,7 @@ class ContactModule(L.LightningModule):
         return self.head(self.embed(tokens))
 
     def training_step(self, batch: dict[str, Tensor], _: int) -> Tensor:
-        logits = self(batch["tokens"])
-        m = batch["pair_mask"]
-        loss = F.binary_cross_entropy_with_logits(logits[m], batch["contacts"][m].float())
+        loss = pair_loss(self(batch["tokens"]), batch)
         self.log(f"{self.name_}/train_loss", loss, prog_bar=True, batch_size=batch["tokens"].shape[0])
         return loss
 
@@ -258,40 +271,96 @@ class ContactModule(L.LightningModule):
         return head_and_backbone_optimizer(self.head, self.backbone, self.lr, self.backbone_lr, self.weight_decay)
 
 
-class ContactDataset(torch.utils.data.Dataset):
-    """Chains as (tokens with specials, contact map), randomly cropped to ``crop`` residues with a
-    per-(seed, epoch, index) crop."""
+def pair_loss(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """Binary cross-entropy of contact logits (B, L, L) over the pairs of ``batch["pair_mask"]``."""
+    m = batch["pair_mask"]
+    return F.binary_cross_entropy_with_logits(logits[m], batch["contacts"][m].float())
 
-    def __init__(self, items: Sequence[tuple[np.ndarray, np.ndarray]], *, crop: int, pad_id: int,
-                 min_separation: int, seed: int):
-        self.items, self.crop, self.pad_id, self.min_separation, self.seed = items, crop, pad_id, min_separation, seed
+
+class PairFeatureModule(L.LightningModule):
+    """Supervised contacts from precomputed features: per-residue ``x`` (and pair features ``pair``)
+    -> ``PairHead``; the same loss as ``ContactModule``."""
+
+    def __init__(self, head: PairHead, *, lr: float, weight_decay: float, name: str):
+        super().__init__()
+        self.head, self.lr, self.weight_decay, self.name_ = head, lr, weight_decay, name
+
+    def training_step(self, batch: dict[str, Tensor], _: int) -> Tensor:
+        loss = pair_loss(self.head(batch["x"], batch["pair"]), batch)
+        self.log(f"{self.name_}/train_loss", loss, prog_bar=True, batch_size=batch["x"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.head.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class CroppedPairs(torch.utils.data.Dataset):
+    """Chains randomly cropped to ``crop`` residues, a per-(seed, call, index) crop; ``pairs`` gives
+    the contact maps' padding and the pair mask (pairs at least ``min_separation`` apart)."""
+
+    def __init__(self, items: Sequence[tuple], *, crop: int, min_separation: int, seed: int):
+        self.items, self.crop, self.min_separation, self.seed = items, crop, min_separation, seed
         self.calls = 0
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
-        tokens, contacts = self.items[i]
-        n = len(tokens) - 2
+    def window(self, i: int, n: int) -> tuple[int, int]:
         self.calls += 1
         start = 0
         if n > self.crop:
             start = int(np.random.default_rng((self.seed, i, self.calls)).integers(0, n - self.crop + 1))
-        end = min(n, start + self.crop)
+        return start, min(n, start + self.crop)
+
+    def pairs(self, maps: Sequence[np.ndarray]) -> dict[str, Tensor]:
+        n = max(len(c) for c in maps)
+        contacts = torch.zeros(len(maps), n, n, dtype=torch.bool)
+        mask = torch.zeros(len(maps), n, n, dtype=torch.bool)
+        sep = torch.arange(n)[None, :] - torch.arange(n)[:, None]
+        for b, c in enumerate(maps):
+            k = len(c)
+            contacts[b, :k, :k] = torch.as_tensor(c)
+            mask[b, :k, :k] = sep[:k, :k] >= self.min_separation
+        return {"contacts": contacts, "pair_mask": mask}
+
+
+class ContactDataset(CroppedPairs):
+    """Chains as (tokens with specials, contact map), randomly cropped to ``crop`` residues."""
+
+    def __init__(self, items: Sequence[tuple[np.ndarray, np.ndarray]], *, crop: int, pad_id: int,
+                 min_separation: int, seed: int):
+        super().__init__(items, crop=crop, min_separation=min_separation, seed=seed)
+        self.pad_id = pad_id
+
+    def __getitem__(self, i: int):
+        tokens, contacts = self.items[i]
+        start, end = self.window(i, len(tokens) - 2)
         toks = np.concatenate([tokens[:1], tokens[1 + start : 1 + end], tokens[-1:]])
         return toks, contacts[start:end, start:end]
 
     def collate(self, items):
         n = max(len(c) for _, c in items)
         tokens = pad_batch([t for t, _ in items], self.pad_id, width=n + 2)  # (B, n + 2)
-        contacts = torch.zeros(len(items), n, n, dtype=torch.bool)
-        mask = torch.zeros(len(items), n, n, dtype=torch.bool)
-        sep = torch.arange(n)[None, :] - torch.arange(n)[:, None]
-        for b, (_, c) in enumerate(items):
-            k = len(c)
-            contacts[b, :k, :k] = torch.as_tensor(c)
-            mask[b, :k, :k] = sep[:k, :k] >= self.min_separation
-        return {"tokens": tokens, "contacts": contacts, "pair_mask": mask}
+        return {"tokens": tokens, **self.pairs([c for _, c in items])}
+
+
+class PairFeatureDataset(CroppedPairs):
+    """Chains as (per-residue features (L, D), pair features (L, L, P), contact map (L, L)), cropped
+    as ``ContactDataset``; ``collate`` pads with zeros."""
+
+    def __getitem__(self, i: int):
+        x, pair, contacts = self.items[i]
+        start, end = self.window(i, len(x))
+        return x[start:end], pair[start:end, start:end], contacts[start:end, start:end]
+
+    def collate(self, items):
+        n = max(len(x) for x, _, _ in items)
+        x = torch.zeros(len(items), n, items[0][0].shape[1])
+        pair = torch.zeros(len(items), n, n, items[0][1].shape[2])
+        for b, (f, p, _) in enumerate(items):
+            x[b, : len(f)] = torch.as_tensor(f, dtype=torch.float32)
+            pair[b, : len(f), : len(f)] = torch.as_tensor(p, dtype=torch.float32)
+        return {"x": x, "pair": pair, **self.pairs([c for _, _, c in items])}
 
 
 # --- saving heads ----------------------------------------------------------------------------------------
@@ -321,6 +390,6 @@ def load_head(spec_path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return head, spec
 
 
-__all__ = ["HEADS", "BackboneResidueModule", "ContactDataset", "ContactModule", "PairHead", "ResidueDataset",
-           "ResidueModule", "TokenResidueDataset", "WindowHead", "contact_probabilities", "load_head",
-           "residue_embeddings", "residue_features", "save_head"]
+__all__ = ["HEADS", "BackboneResidueModule", "ContactDataset", "ContactModule", "CroppedPairs", "PairFeatureDataset",
+           "PairFeatureModule", "PairHead", "ResidueDataset", "ResidueModule", "TokenResidueDataset", "WindowHead",
+           "contact_probabilities", "load_head", "pair_loss", "residue_embeddings", "residue_features", "save_head"]

@@ -49,7 +49,7 @@ def search(chains: list[Chain], cfg: dict[str, Any], threads: int | None) -> lis
     if not (database.is_file() or Path(f"{database}.dbtype").is_file()):
         raise FileNotFoundError(f"retrieval database {database} not found (task.retrieval.database: a FASTA "
                                 "or an MMseqs2 database of sequences)")
-    settings = {k: cfg[k] for k in ("sensitivity", "max_seqs", "evalue")}
+    settings = {k: cfg[k] for k in ("sensitivity", "max_seqs", "evalue", "iterations")}
     stat = (database if database.is_file() else Path(f"{database}.dbtype")).stat()
     key = hashlib.sha1(json.dumps([str(database.resolve()), stat.st_size, settings]).encode()).hexdigest()[:16]
     with tempfile.TemporaryDirectory(prefix="fm_retrieval_") as tmp:
