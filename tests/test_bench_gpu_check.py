@@ -44,5 +44,7 @@ def test_gpu_check_cpu_dry_run(bench_modules, tmp_path):
     for name in ("ours packed", "ours padded", "transformers", "fair-esm"):
         log = variants[name]["log"]
         assert [x["step"] for x in log] == [1, 2]  # logged every step in the dry run
-        assert all(x["tokens_per_s"] > 0 and 0 < x["mfu"] < 1 for x in log)
+        # MFU is relative to a peak measured at another moment: on a loaded CPU it can exceed 1, so
+        # only its sign is checked here (the figures belong in bench/, not in a timed test)
+        assert all(x["tokens_per_s"] > 0 and x["mfu"] > 0 for x in log)
     assert result["sizes"]["tiny"]["real_tokens"] == variants["real_tokens"] > 0
