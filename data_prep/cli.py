@@ -1,6 +1,6 @@
 """``fm-prep <kind> ...``: turn raw public data into clean, deduplicated, split, sharded datasets.
 
-Kinds: ``protein``, ``structures``, ``molecules``, ``code``. Each writes ``<out>/manifest.json``
+Kinds: ``protein``, ``structures``, ``molecules``, ``code``, ``go``, ``seqdb``. Each writes ``<out>/manifest.json``
 (inputs, counts that balance, splits, output hashes) and ``<out>/metrics.json`` and prints their
 paths; each is resumable (rerun the same command after an interruption) and idempotent.
 
@@ -31,6 +31,7 @@ KINDS = {
     "molecules": "data_prep.molecules",
     "code": "data_prep.code",
     "go": "data_prep.go",
+    "seqdb": "data_prep.seqdb",
 }
 
 

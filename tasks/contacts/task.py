@@ -133,7 +133,10 @@ def coupling(chain: sd.Chain, cfg: dict[str, Any]) -> np.ndarray:
 def pair_features(chain: sd.Chain, cfg: dict[str, Any]) -> np.ndarray:
     """(L, L, 2) pair features of a chain's retrieved alignment: its APC-corrected mutual information,
     standardised over the chain's pairs i != j (zero below ``min_homologues_mi`` homologues), and
-    log(1 + |i - j|) / log(1 + L)."""
+    log(1 + |i - j|) / log(1 + L). Computed once per chain (``chain.cache``; ``release_pair_cache``
+    frees it): two heads read them."""
+    if "pair_features" in chain.cache:
+        return chain.cache["pair_features"]
     r, n = chain.cache["retrieval"], len(chain)
     mi = np.zeros((n, n), np.float32)
     if r.homologues >= cfg["min_homologues_mi"] and n > 1:
@@ -141,7 +144,15 @@ def pair_features(chain: sd.Chain, cfg: dict[str, Any]) -> np.ndarray:
         off = ~np.eye(n, dtype=bool)
         mi = np.where(off, (mi - mi[off].mean()) / max(float(mi[off].std()), 1e-6), 0.0).astype(np.float32)
     sep = np.abs(np.arange(n)[None, :] - np.arange(n)[:, None])
-    return np.stack([mi, (np.log1p(sep) / np.log1p(max(n, 1))).astype(np.float32)], -1)
+    chain.cache["pair_features"] = np.stack([mi, (np.log1p(sep) / np.log1p(max(n, 1))).astype(np.float32)], -1)
+    return chain.cache["pair_features"]
+
+
+def release_pair_cache(chain: sd.Chain) -> None:
+    """Drop a chain's (L, L) coupling and pair features once every method has read them (a few MB
+    per chain: kept for a whole test split they would not fit in memory)."""
+    for key in ("coupling", "pair_features"):
+        chain.cache.pop(key, None)
 
 
 def feature_pair_scorer(head: PairHead, feats: Callable[[sd.Chain], np.ndarray], cfg: dict[str, Any]) -> Scorer:
@@ -201,6 +212,7 @@ class ContactTask(sd.StructureTask):
                     per_chain[name].append(contact_precisions(scores, true))
                     if k in kept_maps:
                         kept_maps[k][name] = scores
+                release_pair_cache(chain)
         for group, idx in groups.items():
             for name, rows in per_chain.items():
                 for key, v in mean_precisions([rows[i] for i in idx]).items():
@@ -214,14 +226,8 @@ class ContactTask(sd.StructureTask):
         metrics["summary/best_model"], metrics["summary/best_baseline"] = best_model, best_base
         if self.retrieval["database"]:
             mine = [m for m in scorers if "retriev" in m]
-            best = max(mine, key=lambda m: metrics[f"test/{m}/long_P@L5"])
-            single = [m for m in scorers if m not in mine]  # the backbone's own methods and every baseline
-            metrics["summary/best_retrieval_method"] = best
-            for group in groups:
-                p = {m: metrics[f"{group}/{m}/long_P@L5"] for m in scorers}
-                metrics[f"{group}/margin_best_retrieval_vs_best_single_sequence/long_P@L5"] = (
-                    p[best] - max(p[m] for m in single))
-                metrics[f"{group}/margin_best_retrieval_vs_separation_prior/long_P@L5"] = p[best] - p["separation_prior"]
+            metrics.update(sr.retrieval_summary(metrics, groups, mine, [m for m in scorers if m not in mine],
+                                                ("long_P@L5",), {"separation_prior": "separation_prior"}))
 
         export = save_pretrained(run.run_dir / "export", net, alphabet,
                                  metadata={"contact_head": "esm_lr fitted by fm-finetune task=contacts"})
@@ -252,9 +258,11 @@ class ContactTask(sd.StructureTask):
                    "supervised_retrieval": lambda c: np.concatenate(
                        [sd.backbone_features(s.net, s.tokenizer, c, layers=layer)["embeddings"],
                         c.cache["retrieval"].features], 1)}
+        pairs = [pair_features(c, cfg) for c in tqdm(train, desc="pair features (train)", leave=False)]
+        for c in train:
+            release_pair_cache(c)
         for name, feats in sources.items():
-            items = [(feats(c), pair_features(c, cfg), c.contacts())
-                     for c in tqdm(train, desc=f"{name} features (train)", leave=False)]
+            items = [(feats(c), p, c.contacts()) for c, p in zip(train, pairs, strict=True)]
             head = self.train_feature_pair_head(run, items, name)
             scorers[name] = feature_pair_scorer(head, feats, cfg)
         groups = sr.retrieval_subsets(s.test, s.groups)
@@ -354,4 +362,5 @@ class ContactTask(sd.StructureTask):
         run.save_figure(fig, "per_chain_precision.png", "contacts/per_chain_precision")
 
 
-__all__ = ["ContactTask", "coupling", "feature_pair_scorer", "fit_contact_regression", "pair_features", "pair_training_set", "RANGES"]
+__all__ = ["ContactTask", "coupling", "feature_pair_scorer", "fit_contact_regression", "pair_features", "pair_training_set",
+           "release_pair_cache", "RANGES"]

@@ -66,25 +66,6 @@ def retrieved(chain: sd.Chain) -> np.ndarray:
     return chain.cache["retrieval"].features
 
 
-def retrieval_summary(metrics: dict[str, Any], groups: dict[str, list[int]], single: list[str],
-                      shipped_profile: bool) -> dict[str, Any]:
-    """The best retrieval-augmented method and, per subset, its margin over the best single-sequence
-    system (the backbone heads included) and over the shipped profile."""
-    mine = [m.split("/")[1] for m in metrics if m.startswith("test/") and m.endswith("/Q3") and "retriev" in m]
-    best = max(mine, key=lambda m: metrics[f"test/{m}/Q3"])
-    out: dict[str, Any] = {"summary/best_retrieval_method": best}
-    for group in groups:
-        for q in ("Q3", "Q8"):
-            if f"{group}/{best}/{q}" not in metrics or not groups[group]:
-                continue
-            out[f"{group}/margin_best_retrieval_vs_best_single_sequence/{q}"] = (
-                metrics[f"{group}/{best}/{q}"] - max(metrics[f"{group}/{b}/{q}"] for b in single))
-            if shipped_profile:
-                out[f"{group}/margin_best_retrieval_vs_profile/{q}"] = (
-                    metrics[f"{group}/{best}/{q}"] - metrics[f"{group}/profile_window/{q}"])
-    return out
-
-
 def embeddings(net: MaskedLM, tokenizer, layers: list[int] | None) -> Features:
     def feats(chain: sd.Chain) -> np.ndarray:
         return sd.backbone_features(net, tokenizer, chain, layers=layers)["embeddings"]
@@ -190,7 +171,9 @@ class SecondaryStructureTask(sd.StructureTask):
                     metrics[f"{group}/margin_best_model_vs_profile/{q}"] = (
                         metrics[f"{group}/{best}/{q}"] - metrics[f"{group}/profile_window/{q}"])
         if self.retrieval["database"]:
-            metrics.update(retrieval_summary(metrics, groups, [*single, *models], "profile_window" in preds))
+            metrics.update(sr.retrieval_summary(
+                metrics, groups, [m for m in preds if "retriev" in m], [*single, *models], ("Q3", "Q8"),
+                {"profile": "profile_window"} if "profile_window" in preds else {}))
 
         export = save_pretrained(run.run_dir / "export", tuned.get(best, net), alphabet)
         save_head(export / "heads", "secondary_structure", trained[best], task="secondary_structure",

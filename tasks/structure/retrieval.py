@@ -119,4 +119,25 @@ def retrieval_report(run_dir: Path, split_chains: dict[str, list[Chain]]) -> dic
     return metrics
 
 
-__all__ = ["STRATA", "Retrieved", "retrieval_report", "retrieval_subsets", "retrieve", "search", "sequence_key"]
+def retrieval_summary(metrics: dict[str, Any], groups: dict[str, list[int]], methods: list[str], single: list[str],
+                      keys: tuple[str, ...], references: dict[str, str]) -> dict[str, Any]:
+    """The best of the retrieval-augmented ``methods`` (by ``test/<method>/<keys[0]>``) and, per subset
+    and metric key, its margin over the best ``single``-sequence system
+    (``<group>/margin_best_retrieval_vs_best_single_sequence/<key>``) and over each reference method
+    (``references``: name -> method, ``<group>/margin_best_retrieval_vs_<name>/<key>``)."""
+    best = max(methods, key=lambda m: metrics[f"test/{m}/{keys[0]}"])
+    out: dict[str, Any] = {"summary/best_retrieval_method": best}
+    for group, idx in groups.items():
+        for key in keys:
+            if f"{group}/{best}/{key}" not in metrics or not idx:
+                continue
+            mine = metrics[f"{group}/{best}/{key}"]
+            out[f"{group}/margin_best_retrieval_vs_best_single_sequence/{key}"] = (
+                mine - max(metrics[f"{group}/{m}/{key}"] for m in single))
+            for name, ref in references.items():
+                out[f"{group}/margin_best_retrieval_vs_{name}/{key}"] = mine - metrics[f"{group}/{ref}/{key}"]
+    return out
+
+
+__all__ = ["STRATA", "Retrieved", "retrieval_report", "retrieval_subsets", "retrieval_summary", "retrieve", "search",
+           "sequence_key"]
