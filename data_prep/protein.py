@@ -272,10 +272,15 @@ def prepare(cfg: ProteinPrepConfig) -> dict[str, Any]:
     return common.finish(out, manifest, counts, f"fm-prep protein {out}", stages)
 
 
+def add_input_argument(p: argparse.ArgumentParser, default: list[str]) -> None:
+    """``--input``: the sequence inputs ``expand_inputs`` reads (also ``fm-prep seqdb``'s)."""
+    p.add_argument("--input", dest="inputs", nargs="+", default=default,
+                   help="FASTA (plain/gzip), BLAST DB prefix, or folders of them (default: Debian metastudent-data)")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = ProteinPrepConfig()
-    p.add_argument("--input", dest="inputs", nargs="+", default=d.inputs,
-                   help="FASTA (plain/gzip), BLAST DB prefix, or folders of them (default: Debian metastudent-data)")
+    add_input_argument(p, d.inputs)
     common.add_options(p, d, {"out": str, "min_length": int, "max_length": int,
                               "identity": (float, "MMseqs2 clustering identity (0.5 = UniRef50)"),
                               "coverage": float})

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep import common
-from data_prep.protein import METASTUDENT, expand_inputs, iter_unique, stage_unique
+from data_prep.protein import METASTUDENT, add_input_argument, expand_inputs, iter_unique, stage_unique
 
 DB_NAME = "msdb"
 FASTA_NAME = "sequences.fasta"
@@ -84,8 +84,7 @@ def prepare(cfg: SeqDBPrepConfig) -> dict[str, Any]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SeqDBPrepConfig()
-    p.add_argument("--input", dest="inputs", nargs="+", default=d.inputs,
-                   help="FASTA (plain/gzip), BLAST DB prefix, or folders of them (default: Debian metastudent-data)")
+    add_input_argument(p, d.inputs)
     common.add_options(p, d, {"out": str, "min_length": int, "max_length": int,
                               "id_separator": (str, "keep the id before this character ('' = whole id)")})
 
