@@ -459,3 +459,19 @@ def test_window_head_with_two_hidden_layers_keeps_padding_out():
         torch.testing.assert_close(a[0], b[0, :7], rtol=1e-5, atol=1e-6)
     assert len([m for m in head.net if isinstance(m, torch.nn.Conv1d)]) == 3
     assert WindowHead(**{k: v for k, v in head.kwargs.items() if k != "in_dim"}, in_dim=6).kwargs == head.kwargs
+
+
+def test_retrieval_summary_margins_by_hand():
+    from tasks.structure.retrieval import retrieval_summary
+
+    m = {"test/a_retrieval/Q3": 0.70, "test/b_retrieval/Q3": 0.75, "test/onehot/Q3": 0.68, "test/conv/Q3": 0.65,
+         "test/profile/Q3": 0.80, "sub/a_retrieval/Q3": 0.9, "sub/b_retrieval/Q3": 0.6, "sub/onehot/Q3": 0.5,
+         "sub/conv/Q3": 0.55, "sub/profile/Q3": 0.7}
+    out = retrieval_summary(m, {"test": [0, 1], "sub": [0], "empty": []}, ["a_retrieval", "b_retrieval"],
+                            ["onehot", "conv"], ("Q3",), {"shipped": "profile"})
+    assert out["summary/best_retrieval_method"] == "b_retrieval"  # chosen on test, kept on every subset
+    assert out["test/margin_best_retrieval_vs_best_single_sequence/Q3"] == pytest.approx(0.07)
+    assert out["test/margin_best_retrieval_vs_shipped/Q3"] == pytest.approx(-0.05)
+    assert out["sub/margin_best_retrieval_vs_best_single_sequence/Q3"] == pytest.approx(0.05)
+    assert out["sub/margin_best_retrieval_vs_shipped/Q3"] == pytest.approx(-0.1)
+    assert not any(k.startswith("empty/") for k in out)
