@@ -1,7 +1,7 @@
 """``fm-prep seqdb``: protein sequences (FASTA / BLAST DBs) -> one de-duplicated FASTA and an MMseqs2 database for retrieval.
 
-The database the structure tasks search for homologues (``task.retrieval.database``) and that
-``fm-search --mode mmseqs`` searches: sequences only, no labels. Input (``--input``, as
+The database the structure tasks search for homologues (``task.retrieval.database``): sequences
+only, no labels. Input (``--input``, as
 ``fm-prep protein``): FASTA (plain / gzip), BLAST protein DB prefixes, or folders of them; the
 default is Debian ``metastudent-data``'s UniProt sequences (its BPO / MFO / CCO BLAST DBs hold
 many proteins more than once; each sequence is kept once).
@@ -10,8 +10,9 @@ Stages (resumable, ``data_prep.common``):
 
 1. ``unique``: sequences normalised and checked as ``fm-prep protein`` does (``invalid_character``,
    ``too_short`` below ``--min-length``, ``duplicate_sequence``, ``duplicate_id``), one record per
-   sequence, header = the record's id (before ``--id-separator``).
-2. ``createdb``: ``mmseqs createdb`` of that FASTA.
+   sequence.
+2. ``fasta``: ``sequences.fasta``, header = the record's id (before ``--id-separator``).
+3. ``createdb``: ``mmseqs createdb`` of that FASTA.
 
 Writes ``<out>/sequences.fasta`` and ``<out>/msdb*`` (pass ``<out>/msdb`` as the database), with
 ``manifest.json`` (counts: read = kept + rejected) and ``metrics.json``.
@@ -69,8 +70,8 @@ def prepare(cfg: SeqDBPrepConfig) -> dict[str, Any]:
     stages.run("fasta", lambda t: stage_fasta(t, stages.dir("unique") / "unique.fa"),
                check=lambda info: (out / FASTA_NAME).is_file() or (stages.dir("fasta") / FASTA_NAME).is_file())
     common.publish(stages.dir("fasta"), out, [FASTA_NAME])
+    # the stage fingerprints chain (inputs, parameters, code): the FASTA need not be hashed again
     db = stages.run("createdb", lambda t: stage_createdb(t, out / FASTA_NAME),
-                    depends=common.sha256_file(out / FASTA_NAME),
                     check=lambda info: all((out / f).is_file() or (stages.dir("createdb") / f).is_file()
                                            for f in info["files"]))
     common.publish(stages.dir("createdb"), out, db["files"])
