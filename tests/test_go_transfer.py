@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_prep.go import ROOTS, GoGraph, GoPrepConfig, prepare, read_graph
-from tasks.go_transfer.metrics import cafa_thresholds, fmax
+from tasks.go_transfer.metrics import cafa_thresholds, fmax, fmax_difference
 from tasks.go_transfer.task import bin_names, identity_bin, load_annotations, naive_prediction, transfer
 
 GO_SLICE = Path(str(files("bio_fm").joinpath("data/go_slice")))
@@ -36,6 +36,32 @@ def test_fmax_hand_computed():
     assert fmax(truth, [{}, {}, {}], cafa_thresholds(100))["fmax"] == 0.0
     with pytest.raises(ValueError, match="at least one true term"):
         fmax([set()], [{}], cafa_thresholds(10))
+
+
+def test_fmax_difference_equals_a_brute_force_bootstrap():
+    """The vectorised paired bootstrap equals recomputing both Fmax on each resampled protein list
+    (same counts: the seed's multinomial draws), and the point estimate is the plain difference."""
+    rng = np.random.default_rng(3)
+    terms = [f"t{i}" for i in range(8)]
+    truth = [set(rng.choice(terms, size=rng.integers(1, 4), replace=False)) for _ in range(25)]
+    a = [{t: float(rng.random()) for t in rng.choice(terms, size=3, replace=False)} for _ in truth]
+    b = [{t: float(rng.random()) for t in rng.choice(terms, size=2, replace=False)} if k % 3 else {}
+         for k, _ in enumerate(truth)]
+    thr = cafa_thresholds(20)
+    res = fmax_difference(truth, a, b, thr, resamples=50, seed=7)
+    assert res["diff"] == pytest.approx(fmax(truth, a, thr)["fmax"] - fmax(truth, b, thr)["fmax"])
+    n = len(truth)
+    diffs = []
+    for counts in np.random.default_rng(7).multinomial(n, np.full(n, 1.0 / n), size=50):
+        rows = np.repeat(np.arange(n), counts)
+        diffs.append(fmax([truth[k] for k in rows], [a[k] for k in rows], thr)["fmax"]
+                     - fmax([truth[k] for k in rows], [b[k] for k in rows], thr)["fmax"])
+    assert res["ci95_low"] == pytest.approx(np.percentile(diffs, 2.5))
+    assert res["ci95_high"] == pytest.approx(np.percentile(diffs, 97.5))
+    assert res["ci95_low"] < res["ci95_high"]
+    same = fmax_difference(truth, a, a, thr, resamples=20, seed=0)
+    assert same == {"diff": 0.0, "ci95_low": 0.0, "ci95_high": 0.0}
+    assert fmax_difference(truth, a, b, thr, resamples=0, seed=0) == {"diff": res["diff"]}
 
 
 def _graph(tmp_path: Path, relations=("is_a", "part_of")) -> GoGraph:
@@ -123,6 +149,10 @@ def test_go_transfer_task_end_to_end_on_the_prepared_slice(compose, go_data, tmp
         for method in ("naive", "mmseqs", "mmseqs+naive", "knn", "random_init_knn"):
             assert 0.0 <= m[f"test/{method}/{ont}/fmax"] <= 1.0
         assert m[f"test/naive/{ont}/coverage"] == 1.0  # the naive baseline predicts for everyone
+        for a, b in (("knn", "naive"), ("mmseqs+naive", "naive"), ("knn", "random_init_knn")):
+            key = f"summary/{ont}/{a}_minus_{b}"
+            assert m[key] == pytest.approx(m[f"test/{a}/{ont}/fmax"] - m[f"test/{b}/{ont}/fmax"])
+            assert m[f"{key}_ci95_low"] <= m[f"{key}_ci95_high"]
     # the naive baseline recomputed from the files
     ann = load_annotations(go_data / "annotations.tsv")
     train = [h.split()[0] for h in (go_data / "train.fasta").read_text().split("\n") if h.startswith(">")]

@@ -22,10 +22,10 @@ def cafa_thresholds(steps: int) -> np.ndarray:
     return np.arange(1, steps + 1, dtype=np.float64) / steps
 
 
-def fmax(truth: Sequence[set[str]], predictions: Sequence[Prediction], thresholds: np.ndarray) -> dict[str, float]:
-    """Protein-centric Fmax of ``predictions`` against ``truth`` (one entry per benchmark protein,
-    each with at least one true term): ``fmax``, its ``threshold``, ``coverage``, ``precision``,
-    ``recall`` there; all 0 when nothing is predicted at any threshold."""
+def protein_curves(truth: Sequence[set[str]], predictions: Sequence[Prediction], thresholds: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per protein and threshold (n, T): its precision (0 where it predicts nothing), whether it
+    predicts anything, its recall. Fmax and its bootstrap are sums of these rows."""
     if len(truth) != len(predictions):
         raise ValueError(f"{len(truth)} true annotation sets but {len(predictions)} predictions")
     if not truth:
@@ -47,16 +47,48 @@ def fmax(truth: Sequence[set[str]], predictions: Sequence[Prediction], threshold
         n_pred[k], n_true_pos[k] = above, hits_cum[above]
     sizes = np.array([len(t) for t in truth], np.float64)[:, None]
     covered = n_pred > 0
-    m = covered.sum(0)
+    return np.where(covered, n_true_pos / np.maximum(n_pred, 1), 0.0), covered, n_true_pos / sizes
+
+
+def _f_curves(precision_sum: np.ndarray, covered: np.ndarray, recall_sum: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """F(t) from sums over (possibly resampled) proteins; any leading batch shape."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(m > 0, (np.where(covered, n_true_pos / np.maximum(n_pred, 1), 0)).sum(0) / np.maximum(m, 1), 0.0)
-        recall = (n_true_pos / sizes).mean(0)
-        f = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+        precision = np.where(covered > 0, precision_sum / np.maximum(covered, 1), 0.0)
+        recall = recall_sum / n
+        return np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+
+
+def fmax(truth: Sequence[set[str]], predictions: Sequence[Prediction], thresholds: np.ndarray) -> dict[str, float]:
+    """Protein-centric Fmax of ``predictions`` against ``truth`` (one entry per benchmark protein,
+    each with at least one true term): ``fmax``, its ``threshold``, ``coverage``, ``precision``,
+    ``recall`` there; all 0 when nothing is predicted at any threshold."""
+    prec, cov, rec = protein_curves(truth, predictions, thresholds)
+    n = len(truth)
+    m = cov.sum(0)
+    f = _f_curves(prec.sum(0), m, rec.sum(0), np.float64(n))
     best = int(np.argmax(f))
     if f[best] <= 0:
         return {"fmax": 0.0, "threshold": float("nan"), "coverage": 0.0, "precision": 0.0, "recall": 0.0}
-    return {"fmax": float(f[best]), "threshold": float(thresholds[best]), "coverage": float(m[best] / len(truth)),
-            "precision": float(precision[best]), "recall": float(recall[best])}
+    return {"fmax": float(f[best]), "threshold": float(thresholds[best]), "coverage": float(m[best] / n),
+            "precision": float(prec[:, best].sum() / m[best]), "recall": float(rec[:, best].mean())}
 
 
-__all__ = ["Prediction", "cafa_thresholds", "fmax"]
+def fmax_difference(truth: Sequence[set[str]], a: Sequence[Prediction], b: Sequence[Prediction],
+                    thresholds: np.ndarray, resamples: int, seed: int) -> dict[str, float]:
+    """Fmax of ``a`` minus Fmax of ``b`` on the same proteins, and its 95% percentile interval over
+    ``resamples`` paired bootstrap resamples of the proteins (each resample draws n proteins with
+    replacement and recomputes both Fmax, thresholds chosen anew, as CAFA's bootstrap does); no
+    interval for ``resamples=0``."""
+    curves = [protein_curves(truth, p, thresholds) for p in (a, b)]
+    n = len(truth)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    fmaxes = [_f_curves(counts @ prec, counts @ cov, counts @ rec, np.float64(n)).max(1) for prec, cov, rec in curves]
+    full = [_f_curves(prec.sum(0), cov.sum(0), rec.sum(0), np.float64(n)).max() for prec, cov, rec in curves]
+    d = fmaxes[0] - fmaxes[1]
+    if not resamples:
+        return {"diff": float(full[0] - full[1])}
+    return {"diff": float(full[0] - full[1]), "ci95_low": float(np.percentile(d, 2.5)),
+            "ci95_high": float(np.percentile(d, 97.5))}
+
+
+__all__ = ["Prediction", "cafa_thresholds", "fmax", "fmax_difference", "protein_curves"]

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from bio_fm.alphabet import ProteinAlphabet
 from bio_fm.fasta import read_fasta
@@ -43,7 +44,7 @@ from fm_core.finetune import FinetuneRun
 from fm_core.index import Index
 from fm_core.label_budget import label_budget
 from fm_core.model import MaskedLM
-from tasks.go_transfer.metrics import Prediction, cafa_thresholds, fmax
+from tasks.go_transfer.metrics import Prediction, cafa_thresholds, fmax, fmax_difference
 
 log = logging.getLogger(__name__)
 ONTOLOGIES = ("BPO", "MFO", "CCO")
@@ -128,14 +129,16 @@ def naive_prediction(terms: list[set[str]], floor: float) -> Prediction:
 
 @torch.no_grad()
 def mean_embeddings(net: MaskedLM, tokenizer: ProteinAlphabet, records: list[tuple[str, str]], *, layer: int,
-                    max_tokens: int, chunk: int) -> np.ndarray:
+                    max_tokens: int, chunk: int, desc: str = "embed") -> np.ndarray:
     """(N, D) mean embeddings of ``layer`` (``fm_core.embed.Embedder``: long proteins in windows)."""
     embedder = Embedder(net, tokenizer, [layer], max_tokens=max_tokens)
     key = embedder.layers[0]
     out = []
-    for start in range(0, len(records), chunk):
-        part = [(a, tokenizer.encode(s, record=a)) for a, s in records[start : start + chunk]]
-        out += [e.mean[key] for e in embedder.embed(part)]
+    with tqdm(total=len(records), desc=desc, unit="protein", leave=False) as bar:
+        for start in range(0, len(records), chunk):
+            part = [(a, tokenizer.encode(s, record=a)) for a, s in records[start : start + chunk]]
+            out += [e.mean[key] for e in embedder.embed(part)]
+            bar.update(len(part))
     return np.stack(out).astype(np.float32) if out else np.zeros((0, net.config.embed_dim), np.float32)
 
 
@@ -154,13 +157,14 @@ class GoTransferTask:
 
     def __init__(self, *, data_dir: str, layer: int, knn: dict, identity_bins: list[float], threshold_steps: int,
                  max_train: int | None, max_test: int | None, embed: dict, mmseqs: dict, mmseqs_threads: int | None,
-                 num_threads: int | None, train_size: int | float | None):
+                 num_threads: int | None, train_size: int | float | None, bootstrap: int):
         self.train_size = train_size  # label budget over the annotated train proteins (fm_core.label_budget)
         self.data_dir, self.layer, self.knn = data_dir, int(layer), dict(knn)
         self.edges = sorted(float(e) for e in identity_bins)
         self.thresholds = cafa_thresholds(int(threshold_steps))
         self.max_train, self.max_test, self.embed = max_train, max_test, dict(embed)
         self.mmseqs, self.mmseqs_threads, self.num_threads = dict(mmseqs), mmseqs_threads, num_threads
+        self.bootstrap = int(bootstrap)
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
         data_dir = prepared(self.data_dir)
@@ -178,8 +182,9 @@ class GoTransferTask:
         nets = {"knn": net, "random_init_knn": run.random_backbone(net, alphabet)}
         hits = best_hits(queries, train, self.mmseqs_threads, self.mmseqs)
         nearest = [hits[k][0][1] if k in hits else 0.0 for k in range(len(evals))]
-        vectors = {m: (mean_embeddings(n, alphabet, train, layer=self.layer, **self.embed),
-                       mean_embeddings(n, alphabet, queries, layer=self.layer, **self.embed)) for m, n in nets.items()}
+        vectors = {m: (mean_embeddings(n, alphabet, train, layer=self.layer, desc=f"{m}: train", **self.embed),
+                       mean_embeddings(n, alphabet, queries, layer=self.layer, desc=f"{m}: evaluated", **self.embed))
+                   for m, n in nets.items()}
         groups = {s: [k for k, e in enumerate(evals) if e[0] == s] for s in EVAL_SPLITS}
         for name in bin_names(self.edges):
             groups[f"bin_{name}"] = [k for k, i in enumerate(nearest) if identity_bin(i, self.edges) == name]
@@ -189,7 +194,7 @@ class GoTransferTask:
         for ont in ONTOLOGIES:
             preds = self.predict(ont, train, evals, ann, hits, vectors)
             metrics.update(self.score(ont, evals, ann, preds, groups))
-        metrics.update(self.summary(metrics))
+            metrics.update(self.margins(ont, evals, ann, preds, groups["test"], run.seed))
         self.plot(run, metrics)
         return metrics
 
@@ -236,15 +241,22 @@ class GoTransferTask:
                 out.update({f"{group}/{method}/{ont}/{key}": v for key, v in res.items()})
         return out
 
-    def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
+    def margins(self, ont: str, evals: list[tuple[str, str, str]], ann: Annotations,
+                preds: dict[str, list[Prediction]], test: list[int], seed: int) -> dict[str, Any]:
+        """``summary/<ont>/<a>_minus_<b>``: test Fmax differences, with a paired bootstrap interval."""
+        mine = [k for k in test if ont in ann.get(evals[k][1], {})]
+        if not mine:
+            return {}
+        truth = [ann[evals[k][1]][ont] for k in mine]
+        pairs = [(m, "naive") for m in ("knn", "random_init_knn", "mmseqs", "mmseqs+naive")]
         out: dict[str, Any] = {}
-        for ont in ONTOLOGIES:
-            if f"test/naive/{ont}/fmax" not in metrics:
-                continue
-            base = metrics[f"test/naive/{ont}/fmax"]
-            for method in ("knn", "random_init_knn", "mmseqs", "mmseqs+naive"):
-                out[f"summary/{ont}/{method}_minus_naive"] = metrics[f"test/{method}/{ont}/fmax"] - base
-            out[f"summary/{ont}/knn_minus_mmseqs"] = metrics[f"test/knn/{ont}/fmax"] - metrics[f"test/mmseqs/{ont}/fmax"]
+        for a, b in [*pairs, ("knn", "random_init_knn"), ("knn", "mmseqs")]:
+            res = fmax_difference(truth, [preds[a][k] for k in mine], [preds[b][k] for k in mine], self.thresholds,
+                                  self.bootstrap, seed)
+            key = f"summary/{ont}/{a}_minus_{b}"
+            out[key] = res["diff"]
+            if self.bootstrap:
+                out[f"{key}_ci95_low"], out[f"{key}_ci95_high"] = res["ci95_low"], res["ci95_high"]
         return out
 
     def plot(self, run: FinetuneRun, metrics: dict[str, Any]) -> None:
