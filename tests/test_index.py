@@ -226,3 +226,15 @@ def test_fm_search_mmseqs_mode_and_identity(tiny, built, compose, tmp_path):
     hits = read_tsv(out / "hits.tsv")
     assert all(float(r[4]) == 1.0 for r in hits if r[2] == "1")  # the embedding top hit: itself, 100% identity
     assert metrics["compare/mmseqs_top1_in_embedding_topk"] == 1.0
+
+
+def test_auto_kind_is_exact_for_small_sets_and_hnsw_above(compose):
+    from bio_fm.search import index_params
+
+    cfg = compose(["out=unused"], config_name="index")
+    assert index_params(cfg, cfg.exact_below - 1)[0] == "exact"
+    kind, params = index_params(cfg, 428_000)
+    assert kind == "hnsw" and params["m"] == 32 and params["ef_search"] == 128
+    # ivf when asked for: nlist defaults to 4 sqrt(N)
+    kind, params = index_params(compose(["out=unused", "kind=ivf"], config_name="index"), 10_000)
+    assert kind == "ivf" and params["nlist"] == 400
