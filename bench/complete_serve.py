@@ -47,7 +47,7 @@ def main() -> None:
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ready = json.loads(server.stdout.readline())
     load_s = time.perf_counter() - t0
-    served, decode, fresh = [], [], []
+    served, decode, fresh, chars, stops = [], [], [], [], []
     for r in range(args.rounds):
         for i, text in enumerate(texts):
             for side in (("serve", "fresh") if (r + i) % 2 == 0 else ("fresh", "serve")):
@@ -58,6 +58,8 @@ def main() -> None:
                     reply = json.loads(server.stdout.readline())
                     served.append(time.perf_counter() - t)
                     decode.append(reply["seconds"])
+                    chars.append(len(reply["text"]))
+                    stops.append(str(reply["stopped"]))
                 else:
                     subprocess.run([str(BIN / "fm-complete"), "--checkpoint", args.checkpoint], input=text,
                                    capture_output=True, text=True, check=True)
@@ -67,6 +69,8 @@ def main() -> None:
     res = {"checkpoint": args.checkpoint, "context": ready["context"], "prompts": len(texts), "rounds": args.rounds,
            "server_start_s": load_s, "serve_median_s": statistics.median(served),
            "serve_decode_median_s": statistics.median(decode), "fresh_process_median_s": statistics.median(fresh),
+           "serve_completion_chars_median": statistics.median(chars), "serve_empty_completions": chars.count(0),
+           "serve_stopped": {k: stops.count(k) for k in sorted(set(stops))},
            "fresh_over_serve": statistics.median(fresh) / statistics.median(served), "machine": machine(),
            "command": " ".join(sys.argv)}
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
