@@ -73,22 +73,38 @@ def fmax(truth: Sequence[set[str]], predictions: Sequence[Prediction], threshold
             "precision": float(prec[:, best].sum() / m[best]), "recall": float(rec[:, best].mean())}
 
 
+def bootstrap_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) how often each of ``n`` proteins is drawn in each bootstrap resample (n draws
+    with replacement); the same seed gives every method the same resamples (a paired bootstrap)."""
+    return np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+
+
+def resampled_fmax(truth: Sequence[set[str]], predictions: Sequence[Prediction], thresholds: np.ndarray,
+                   counts: np.ndarray) -> tuple[float, np.ndarray]:
+    """Fmax on the proteins as given and on each resample of ``counts`` (thresholds chosen anew in
+    each, as CAFA's bootstrap does)."""
+    prec, cov, rec = protein_curves(truth, predictions, thresholds)
+    n = np.float64(len(truth))
+    full = float(_f_curves(prec.sum(0), cov.sum(0), rec.sum(0), n).max())
+    return full, _f_curves(counts @ prec, counts @ cov, counts @ rec, n).max(1)
+
+
+def paired_difference(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray]) -> dict[str, float]:
+    """``diff`` of two ``resampled_fmax`` results and its 95% percentile interval (none without resamples)."""
+    out = {"diff": a[0] - b[0]}
+    if len(a[1]):
+        d = a[1] - b[1]
+        out.update(ci95_low=float(np.percentile(d, 2.5)), ci95_high=float(np.percentile(d, 97.5)))
+    return out
+
+
 def fmax_difference(truth: Sequence[set[str]], a: Sequence[Prediction], b: Sequence[Prediction],
                     thresholds: np.ndarray, resamples: int, seed: int) -> dict[str, float]:
     """Fmax of ``a`` minus Fmax of ``b`` on the same proteins, and its 95% percentile interval over
-    ``resamples`` paired bootstrap resamples of the proteins (each resample draws n proteins with
-    replacement and recomputes both Fmax, thresholds chosen anew, as CAFA's bootstrap does); no
-    interval for ``resamples=0``."""
-    curves = [protein_curves(truth, p, thresholds) for p in (a, b)]
-    n = len(truth)
-    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
-    fmaxes = [_f_curves(counts @ prec, counts @ cov, counts @ rec, np.float64(n)).max(1) for prec, cov, rec in curves]
-    full = [_f_curves(prec.sum(0), cov.sum(0), rec.sum(0), np.float64(n)).max() for prec, cov, rec in curves]
-    d = fmaxes[0] - fmaxes[1]
-    if not resamples:
-        return {"diff": float(full[0] - full[1])}
-    return {"diff": float(full[0] - full[1]), "ci95_low": float(np.percentile(d, 2.5)),
-            "ci95_high": float(np.percentile(d, 97.5))}
+    ``resamples`` paired bootstrap resamples of the proteins; no interval for ``resamples=0``."""
+    counts = bootstrap_counts(len(truth), resamples, seed)
+    return paired_difference(resampled_fmax(truth, a, thresholds, counts), resampled_fmax(truth, b, thresholds, counts))
 
 
-__all__ = ["Prediction", "cafa_thresholds", "fmax", "fmax_difference", "protein_curves"]
+__all__ = ["Prediction", "bootstrap_counts", "cafa_thresholds", "fmax", "fmax_difference", "paired_difference",
+           "protein_curves", "resampled_fmax"]

@@ -44,7 +44,14 @@ from fm_core.finetune import FinetuneRun
 from fm_core.index import Index
 from fm_core.label_budget import label_budget
 from fm_core.model import MaskedLM
-from tasks.go_transfer.metrics import Prediction, cafa_thresholds, fmax, fmax_difference
+from tasks.go_transfer.metrics import (
+    Prediction,
+    bootstrap_counts,
+    cafa_thresholds,
+    fmax,
+    paired_difference,
+    resampled_fmax,
+)
 
 log = logging.getLogger(__name__)
 ONTOLOGIES = ("BPO", "MFO", "CCO")
@@ -248,11 +255,12 @@ class GoTransferTask:
         if not mine:
             return {}
         truth = [ann[evals[k][1]][ont] for k in mine]
+        counts = bootstrap_counts(len(mine), self.bootstrap, seed)  # the same resamples for every method
+        scored = {m: resampled_fmax(truth, [p[k] for k in mine], self.thresholds, counts) for m, p in preds.items()}
         pairs = [(m, "naive") for m in ("knn", "random_init_knn", "mmseqs", "mmseqs+naive")]
         out: dict[str, Any] = {}
         for a, b in [*pairs, ("knn", "random_init_knn"), ("knn", "mmseqs")]:
-            res = fmax_difference(truth, [preds[a][k] for k in mine], [preds[b][k] for k in mine], self.thresholds,
-                                  self.bootstrap, seed)
+            res = paired_difference(scored[a], scored[b])
             key = f"summary/{ont}/{a}_minus_{b}"
             out[key] = res["diff"]
             if self.bootstrap:
