@@ -171,13 +171,15 @@ def subsets(chains: list[Chain], pretrain_identity: float) -> dict[str, list[int
     }
 
 
-def test_chains(seed: int, max_residues: int, *, data_dir: str | Path, pretrain_corpus: str | None,
+def test_chains(max_residues: int, *, data_dir: str | Path, pretrain_corpus: str | None,
                 pretrain_identity: float, max_test_chains: int | None,
                 mmseqs_threads: int | None) -> tuple[list[Chain], dict[str, list[int]], dict[str, Any]]:
     """What both structure tasks evaluate on: the test chains of ``data_dir`` cropped to
-    ``max_residues``, searched against the pre-training corpus, the reporting subsets and their counts."""
+    ``max_residues``, searched against the pre-training corpus, the reporting subsets and their counts.
+    ``max_test_chains`` draws the same chains in every run (seed 0, not the run's seed): the runs of a
+    sweep over seeds and label budgets are scored on one test set."""
     data = prepared(data_dir)
-    test = [c.crop(max_residues) for c in load_split(data, "test", max_test_chains, seed)]
+    test = [c.crop(max_residues) for c in load_split(data, "test", max_test_chains, seed=0)]
     corpus = pretrain_corpus or PRETRAIN_SLICE
     search_pretrain_corpus(test, corpus, threads=mmseqs_threads)
     groups = subsets(test, pretrain_identity)
@@ -222,7 +224,7 @@ class StructureTask:
         rand = run.random_backbone(net, alphabet)
         max_res = net.config.max_length - alphabet.num_special_added
         test, groups, metrics = test_chains(
-            run.seed, max_res, data_dir=data_dir, pretrain_corpus=self.pretrain_corpus,
+            max_res, data_dir=data_dir, pretrain_corpus=self.pretrain_corpus,
             pretrain_identity=self.pretrain_identity, max_test_chains=self.max_test_chains,
             mmseqs_threads=self.mmseqs_threads)
         return StructureSetup(alphabet, net, rand, max_res, data_dir, test, groups, metrics)
