@@ -125,12 +125,13 @@ class MLMDataModule(L.LightningDataModule):
                                        max_batch_size=self.max_batch_size, num_replicas=world, rank=rank,
                                        packed=self.packing)
 
-    def collator(self) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
-        """Samples -> a batch; subclasses with another objective (e.g. FIM) replace only this."""
+    def collator(self, train: bool = True) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:
+        """Samples -> a batch (``train``: for the training loader, else validation); subclasses with
+        another objective (e.g. FIM) replace only this."""
         return MLMCollator(self.tokenizer, self.max_length, self.masking, packing=self.packing)
 
     def _loader(self, ds: SequenceDataset, *, train: bool) -> DataLoader:
-        collate = self.collator()
+        collate = self.collator(train=train)
         sampler = self.batch_sampler(ds, shuffle=train)
         if train:  # resumable mid-epoch: starts where a restored checkpoint left off (fm_core.resume)
             sampler = resumable(sampler, getattr(self, "trainer", None))

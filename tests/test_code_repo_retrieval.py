@@ -112,3 +112,44 @@ def test_fm_complete_repo(bpe, tmp_path, capsys):
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "skipped pkg/bad.py: not UTF-8" in err and "3 files indexed, 1 skipped" in err
+
+
+def test_fim_training_windows_carry_chunks_of_the_other_files_in_the_inference_layout(bpe):
+    """FIM fine-tuning with retrieved context: the chunks come from the other budget files of the
+    record's package (never its own file, never a file outside the budget), within the token budget,
+    ahead of the prefix as ``Completer.prompt(preamble=...)`` places them; validation windows get none."""
+    import torch
+
+    from code_fm.fim import FIMCollator
+    from tasks.code_completion.repo_retrieval import TrainingContext
+
+    names = ["py/pkg/tokens.py", "py/pkg/parser.py", "py/other/c.py", "py/pkg/held_out.py"]
+    texts = {0: FILES["pkg/tokens.py"], 1: FILES["pkg/parser.py"], 2: FILES["pkg/unrelated.py"]}  # 3: not in the budget
+    context = TrainingContext({**SETTINGS, "budget_tokens": 60, "query_lines": 4}, names, texts, bpe)
+    own = context(1, "class Parser:\n    def run(self, stream):\n        tok = parse_token(stream)\n")
+    assert own and bpe.decode(own).startswith("# file: py/pkg/tokens.py (line 1)\n") and len(own) <= 60
+    assert "class Parser" not in bpe.decode(own)  # the record's own file is never retrieved
+    assert context(2, "print(os.getcwd())") == []  # alone in its package: nothing to retrieve
+    assert context(0, "   ") == []
+
+    ids = bpe.encode(FILES["pkg/parser.py"])
+    always = FIMCollator(bpe, 256, fim_rate=0.0, spm_rate=0.0, context=context, context_rate=1.0, context_tokens=60)
+    seq = always.sequence(ids, torch.Generator().manual_seed(0), index=1)
+    pre = context(1, bpe.decode(ids[: len(ids) // 2]))
+    assert pre and seq == [bpe.bos_id, *pre, *map(int, ids)]  # <cls> R text
+    psm = FIMCollator(bpe, 256, fim_rate=1.0, spm_rate=0.0, context=context, context_rate=1.0, context_tokens=60)
+    seq = psm.sequence(ids, torch.Generator().manual_seed(3), index=1)
+    i_suf = seq.index(bpe.fim_suffix_id)
+    assert bpe.decode(seq[1:i_suf]).startswith("# file: py/pkg/tokens.py")  # <fim_prefix> R P <fim_suffix> ...
+    assert bpe.decode(seq[i_suf + 1:]).replace("<fim_middle>", "") != ""
+    never = FIMCollator(bpe, 256, fim_rate=0.0, spm_rate=0.0, context=context, context_rate=0.0, context_tokens=60)
+    assert never.sequence(ids, torch.Generator().manual_seed(0), index=1) == [bpe.bos_id, *map(int, ids)]
+    with pytest.raises(ValueError, match="context_tokens"):
+        FIMCollator(bpe, 100, fim_rate=0.5, spm_rate=0.5, context=context, context_rate=0.5, context_tokens=60)
+
+    from code_fm.fim import FIMDataModule
+
+    dm = FIMDataModule.__new__(FIMDataModule)  # only the collator choice, no data directory needed
+    dm.tokenizer, dm.max_length, dm.fim_rate, dm.spm_rate = bpe, 256, 0.0, 0.0
+    dm.context, dm.context_rate, dm.context_tokens = context, 1.0, 60
+    assert dm.collator(train=True).context is context and dm.collator(train=False).context is None

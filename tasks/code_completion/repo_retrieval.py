@@ -183,6 +183,30 @@ def evaluate_repo(completers: dict[str, Any], retriever_args: dict[str, Any], ca
     return preds, {f"repo_retrieval/{k}": v for k, v in counts.items()}
 
 
+class TrainingContext:
+    """Retrieved context for FIM fine-tuning (``code_fm.fim.FIMCollator``'s ``context``): for training
+    record ``index``, the chunks of the *other* training files of its package that ``query`` (the text
+    before the cursor) retrieves, as token ids, with the settings the evaluation and ``fm-complete
+    --repo`` use. Only ``indices`` (the label budget's files) are indexed: nothing outside the budget
+    reaches the model."""
+
+    def __init__(self, retriever_args: dict[str, Any], names: Sequence[str], texts: dict[int, str], tok: Any):
+        self.names, self.tok = [str(x) for x in names], tok
+        by_repo: dict[str, dict[str, str]] = {}
+        for i, text in texts.items():
+            by_repo.setdefault(package_of(self.names[i]), {})[self.names[i]] = text
+        self.retrievers = {repo: RepoRetriever(**retriever_args).index(files) for repo, files in by_repo.items()}
+
+    def __call__(self, index: int, query: str) -> list[int]:
+        name = self.names[index]
+        retriever = self.retrievers.get(package_of(name))
+        if retriever is None or not query.strip():
+            return []
+        (found,) = retriever.search([query], exclude=name)
+        text = retriever.preamble(found, self.tok)
+        return list(map(int, self.tok.encode(text))) if text else []
+
+
 class RepoContext:
     """``fm-complete --repo DIR``: DIR's source files indexed once with the settings the task exported
     beside the model; each completion gets the chunks of the other files ahead of its prompt."""
@@ -213,4 +237,4 @@ class RepoContext:
         return self.retriever.preamble(found, self.tok)
 
 
-__all__ = ["SETTINGS_FILE", "Chunk", "RepoContext", "RepoRetriever", "chunks_of", "code_tokens", "evaluate_repo", "package_of", "preambles", "read_repo"]
+__all__ = ["SETTINGS_FILE", "Chunk", "RepoContext", "RepoRetriever", "TrainingContext", "chunks_of", "code_tokens", "evaluate_repo", "package_of", "preambles", "read_repo"]

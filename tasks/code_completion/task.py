@@ -59,7 +59,7 @@ class CodeCompletionTask:
                  line_prompts: int, fim_prompts: int, functions: int, ngram_order: int, batch_size: int,
                  random_init_baseline: bool, threads: int, retrieval: bool, gate_prompts: int, gate_split: str,
                  train_size: int | float | None, humaneval: Any, decoding_prompts: int, decoding_grid: list[Any],
-                 repo_retrieval: Any):
+                 repo_retrieval: Any, retrieval_train_rate: float):
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
         require_positive("task", steps=steps, lr=lr, max_length=max_length, max_tokens=max_tokens,
                          batch_size=batch_size, ngram_order=ngram_order, line_prompts=line_prompts,
@@ -69,7 +69,8 @@ class CodeCompletionTask:
               budget: Subset) -> dict[str, float]:
         """Continue training ``net`` (causal) on FIM-formatted windows of the budget's train files."""
         dm = FIMDataModule(tok, self.data_dir, fim_rate=self.fim_rate, spm_rate=self.spm_rate,
-                           max_length=self.max_length, max_tokens=self.max_tokens, seed=run.seed)
+                           max_length=self.max_length, max_tokens=self.max_tokens, seed=run.seed,
+                           **self.training_context(tok, budget))
         dm.setup("fit")
         dm.train_set = budget.view(dm.train_set)
         module = CausalLMModule(
@@ -81,6 +82,20 @@ class CodeCompletionTask:
         trainer.fit(module, datamodule=dm)
         (val,) = trainer.validate(module, datamodule=dm, verbose=False)
         return {f"{name}/fim_val_loss": float(val[f"{name}/val/loss"])}
+
+    def training_context(self, tok: FIMTokenizer, budget: Subset) -> dict[str, Any]:
+        """FIMDataModule's retrieved-context arguments: with ``repo_retrieval`` set and
+        ``retrieval_train_rate`` > 0, that share of the training windows gets the chunks of the other
+        budget files of its package ahead of the text (``TrainingContext``), in the evaluation's budget."""
+        if self.repo_retrieval is None or not self.retrieval_train_rate:
+            return {}
+        from tasks.code_completion.repo_retrieval import TrainingContext
+
+        train = ShardDataset(Path(self.data_dir) / "train")
+        texts = {int(i): tok.decode(train.array(int(i))) for i in budget.indices}
+        context = TrainingContext(dict(self.repo_retrieval), train.column("path"), texts, tok)
+        return {"context": context, "context_rate": float(self.retrieval_train_rate),
+                "context_tokens": int(self.repo_retrieval["budget_tokens"])}
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
         torch.set_num_threads(self.threads)
