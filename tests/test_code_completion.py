@@ -245,6 +245,30 @@ def test_completer_heals_the_last_token_and_stops_at_line_end(bpe):
         comp.prompt("  \n")
 
 
+def test_statement_stop_closes_brackets_strings_and_continuations(bpe):
+    from tasks.code_completion.complete import open_brackets, statement_end
+
+    assert open_brackets("x = foo(a,\n    [b, '(',  # (\n") == 2  # strings and comments do not count
+    assert open_brackets("def f():\n    return 1\n") == 0 and open_brackets("s = '''abc\n") == 0
+    assert statement_end("x = 1\ny = 2\n") == 5
+    assert statement_end("foo(a,\n    b)\nz\n") == len("foo(a,\n    b)")
+    assert statement_end("b)\nz\n", depth=1) == 2  # closes the bracket the prefix opened
+    assert statement_end("c,\n    d)\n", depth=2) is None
+    assert statement_end("s = ')\\n' + '''a\nb'''\nz") == len("s = ')\\n' + '''a\nb'''")
+    assert statement_end("y = 1 + \\\n    2\nz") == len("y = 1 + \\\n    2")
+    assert statement_end("y = [1,  # ]\n 2]\n") == len("y = [1,  # ]\n 2]")
+    assert statement_end("return (a") is None
+    script = list(map(int, bpe.encode("\n    return foo(a,\n        b)\n    x = 1\n")))
+    comp = Completer(Scripted(bpe.vocab_size, script), bpe, context=64)
+    (c,) = comp.complete([comp.prompt("def f(a, b):\n")], mode="statement")
+    assert c.text == "    return foo(a,\n        b)" and c.stopped == "stop"
+    (c,) = comp.complete([comp.prompt("def f(a, b):\n")], mode="line")
+    assert c.text == "    return foo(a,"
+    comp = Completer(Scripted(bpe.vocab_size, list(map(int, bpe.encode("\n        b)\n    x = 1\n")))), bpe, context=64)
+    (c,) = comp.complete([comp.prompt("def f(a, b):\n    return foo(a,\n")], mode="statement")
+    assert c.text == "        b)"  # the bracket the prefix opened is counted
+
+
 def test_bad_sources_are_refused():
     with pytest.raises(CompletionError, match="binary"):
         decode_source(b"x = 1\0\0", "file a.py")

@@ -29,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--line", type=int, help="cursor line, 1-based (default: end of file)")
     p.add_argument("--column", type=int, default=None, help="cursor column, 0-based (default: end of line)")
     p.add_argument("--marker", default="<cursor>", help="cursor marker in stdin text")
-    p.add_argument("--mode", choices=("line", "block"), default="line")
+    p.add_argument("--mode", choices=("line", "statement", "block"), default="line",
+                   help="where the completion stops: the end of the line, of the logical line (brackets, strings "
+                        "and continuations closed), or of the block")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)

@@ -9,9 +9,12 @@ or a line start, whose newline is merged with the next line's indentation by the
 prompt token is dropped and the first generated token must start with its text, so the model
 chooses the tokenization; the dropped text is then removed from the completion.
 
-Stops: ``line`` ends at the end of the current line; ``block`` ends before the first non-blank
-line indented less than the block (not more than the current line when that opens a block with
-``:``); both also end at ``<eos>``, after ``max_new_tokens`` or ``max_seconds``.
+Stops: ``line`` ends at the end of the current line; ``statement`` at the end of the logical line
+(Python's rule: the first newline outside brackets, strings and a backslash continuation, counting
+the brackets the prefix left open, so ``foo(a,`` + completion goes on to the closing ``)``);
+``block`` ends before the first non-blank line indented less than the block (not more than the
+current line when that opens a block with ``:``); all also end at ``<eos>``, after
+``max_new_tokens`` or ``max_seconds``.
 
 Generated code is only ever decoded and printed (or parsed with ``ast`` in evaluation): never run.
 """
@@ -19,8 +22,11 @@ Generated code is only ever decoded and printed (or parsed with ``ast`` in evalu
 from __future__ import annotations
 
 import argparse
+import functools
+import io
 import json
 import sys
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +74,68 @@ def block_end(first_line: str, text: str, floor: int = 0) -> int | None:
     return None
 
 
+MODES = ("line", "statement", "block")
+OPENERS, CLOSERS = "([{", ")]}"
+
+
+def open_brackets(prefix: str) -> int:
+    """Brackets the prefix leaves open at the cursor (Python's tokenizer: strings and comments do not
+    count); 0 when the prefix does not tokenize (the cursor inside a string, a tab error...)."""
+    depth = 0
+    try:
+        for t in tokenize.generate_tokens(io.StringIO(prefix).readline):
+            if t.type == tokenize.OP and t.string in OPENERS:
+                depth += 1
+            elif t.type == tokenize.OP and t.string in CLOSERS:
+                depth = max(0, depth - 1)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass  # EOF inside the statement: the depth so far is the answer
+    return depth
+
+
+def statement_end(text: str, depth: int = 0) -> int | None:
+    """Offset in ``text`` (the completion) of the newline that ends the logical line, or None while it
+    is open: brackets (``depth`` left open by the prefix), string literals (triple-quoted ones span
+    lines) and a trailing backslash keep it open; a comment runs to the end of its line."""
+    quote, i, n = "", 0, len(text)
+    while i < n:
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i += len(quote)
+                quote = ""
+                continue
+            if ch == "\n" and len(quote) == 1:
+                quote = ""  # an unterminated one-line string ends with its line (a syntax error anyway)
+            else:
+                i += 1
+                continue
+        if ch == "#":
+            j = text.find("\n", i)
+            if j < 0:
+                return None
+            i = j
+            continue
+        if ch in "'\"":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            i += len(quote)
+            continue
+        if ch in OPENERS:
+            depth += 1
+        elif ch in CLOSERS:
+            depth -= 1
+        elif ch == "\\" and text.startswith("\n", i + 1):
+            i += 2  # an explicit line continuation
+            continue
+        elif ch == "\n" and depth <= 0:
+            return i
+        i += 1
+    return None
+
+
 def block_floor(prefix: str) -> int:
     """For a cursor on a blank line: the indentation of the last non-blank line above it, one more when
     that line opens a block (``:``), so a body is not ended by its own first line nor continued by a
@@ -86,6 +154,12 @@ class Prompt:
     truncated_from: int  # prompt tokens before keeping the most recent ``context``
     first_line: str  # the cursor's line up to the cursor
     floor: int = 0  # a blank cursor line: the indentation the block may not go below (the code above it)
+    prefix: str = ""  # the text before the cursor (the statement stop counts its open brackets)
+
+    @functools.cached_property
+    def depth(self) -> int:
+        """Brackets the prefix leaves open at the cursor (tokenized on first use: statement mode only)."""
+        return open_brackets(self.prefix)
 
     @property
     def indented(self) -> bool:
@@ -167,13 +241,13 @@ class Completer:
             keep_p = min(len(p), self.context - 1 - len(pre))
             ids = [self.tok.bos_id, *pre, *p[len(p) - keep_p:]]
             total = len(pre) + len(p) + 1
-        return Prompt(ids, healed, total if total > len(ids) else 0, first_line, block_floor(prefix))
+        return Prompt(ids, healed, total if total > len(ids) else 0, first_line, block_floor(prefix), prefix)
 
     def complete(self, prompts: list[Prompt], *, mode: str = "line", max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                  max_seconds: float | None = None) -> list[Completion]:
-        if mode not in ("line", "block"):
-            raise ValueError(f"mode must be 'line' or 'block', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
         def text_of(row: int, ids: list[int]) -> str:
             text = self.tok.decode(ids)
@@ -186,6 +260,8 @@ class Completer:
             text = text_of(row, ids)
             if mode == "line":
                 return text.index("\n") if "\n" in text else None
+            if mode == "statement":
+                return statement_end(text, prompts[row].depth)
             return block_end(prompts[row].first_line, text, prompts[row].floor)
 
         res = generate(self.model, [p.ids for p in prompts], max_new_tokens=max_new_tokens,
@@ -285,8 +361,8 @@ def answer(completer: Completer, checkpoint: str, prefix: str, suffix: str, opts
            preamble: str = "") -> tuple[Completion, list[str]]:
     """One completion with the options ``OPTIONS`` in ``opts`` (``preamble``: retrieved code ahead of
     the prompt), and the notes for the user."""
-    if opts["mode"] not in ("line", "block"):
-        raise CompletionError(f"mode must be 'line' or 'block', got {opts['mode']!r}")
+    if opts["mode"] not in MODES:
+        raise CompletionError(f"mode must be one of {', '.join(MODES)}, got {opts['mode']!r}")
     if opts["retrieval"] and (opts["mode"] != "line" or opts["temperature"] > 0):
         raise CompletionError("--retrieval works in --mode line with greedy decoding (--temperature 0)")
     # --retrieval: the gate was fitted on left-to-right prompts, so the text after the cursor is not used
@@ -295,7 +371,7 @@ def answer(completer: Completer, checkpoint: str, prefix: str, suffix: str, opts
     if prompt.truncated_from:
         notes.append(f"the prompt has {prompt.truncated_from} tokens; kept the most recent {len(prompt.ids)} "
                      f"(context {completer.context}), cut from the left")
-    budget = opts["max_new_tokens"] or (48 if opts["mode"] == "line" else 256)
+    budget = opts["max_new_tokens"] or {"line": 48, "statement": 128, "block": 256}[opts["mode"]]
     (result,) = completer.complete([prompt], mode=opts["mode"], max_new_tokens=budget, temperature=opts["temperature"],
                                    top_p=opts["top_p"], seed=opts["seed"], max_seconds=opts["max_seconds"])
     if opts["retrieval"]:
@@ -404,4 +480,5 @@ def cli() -> None:
     sys.exit(main())  # the console command is tasks.code_completion.cli.main
 
 
-__all__ = ["Completer", "Completion", "CompletionError", "Prompt", "answer", "block_end", "load_completer", "main", "serve"]
+__all__ = ["MODES", "Completer", "Completion", "CompletionError", "Prompt", "answer", "block_end", "load_completer",
+           "main", "open_brackets", "serve", "statement_end"]
