@@ -76,7 +76,7 @@ def main() -> None:
     stmt = []
     for c in cases:
         rest = c.target + c.suffix + "\n"
-        end = statement_end(rest, open_brackets(c.prefix))
+        end = statement_end(rest, open_brackets(c.prefix))  # from the state the prefix leaves
         stmt.append(rest[: end if end is not None else len(c.target)])
     multi = [i for i, t in enumerate(stmt) if "\n" in t]
     out["statement/multi_line_targets"] = len(multi)

@@ -69,7 +69,8 @@ class FIMCollator:
         return fim_layout(self.tok, [*pre, *map(int, p)], m, s, spm)[: self.max_length - 1] + [self.tok.eos_id]
 
     def retrieved(self, index: int, query: str) -> list[int]:
-        assert self.context is not None
+        if self.context is None or index < 0:
+            raise ValueError(f"retrieved context needs a provider and the record's index, got index {index}")
         return list(map(int, self.context(index, query)))[: self.context_tokens]
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -90,6 +91,13 @@ class FIMDataModule(ShardDataModule):
         super().__init__(tokenizer, dir, masking=None, **kwargs)  # FIM windows, not masking: see collator()
         self.fim_rate, self.spm_rate = fim_rate, spm_rate
         self.context, self.context_rate, self.context_tokens = context, context_rate, context_tokens
+
+    def model_lengths(self, ds: Any) -> np.ndarray:
+        """Batch sizing: a training window may carry ``context_tokens`` of retrieved code beside its own
+        tokens (and three sentinels + eos), so short files are counted at that size."""
+        if self.context is None or ds is not self.train_set:
+            return super().model_lengths(ds)
+        return np.minimum(ds.lengths + 4 + self.context_tokens, self.max_length)
 
     def collator(self, train: bool = True) -> FIMCollator:
         # batching, the per-epoch sample seeds and mid-epoch resume stay MLMDataModule's;

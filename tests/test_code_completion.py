@@ -158,6 +158,12 @@ def test_fim_tokenizer_is_a_type_and_the_task_takes_every_option_from_its_yaml(b
     cfg = compose(["task=code_completion"], config_name="finetune").task
     task = instantiate({k: v for k, v in cfg.items() if k != "name"}, _recursive_=False)
     assert {p.name for p in params} == set(cfg) - {"name", "_target_"} and task.max_length == 256
+    from fm_core.config import ConfigError
+
+    options = {k: v for k, v in cfg.items() if k not in ("name", "_target_")}
+    with pytest.raises(ConfigError, match="task.retrieval_train_rate=1.5"):
+        CodeCompletionTask(**{**options, "retrieval_train_rate": 1.5})
+    assert CodeCompletionTask(**{**options, "repo_retrieval": None}).training_context(bpe, None) == {}
 
 
 def test_ngram_counts_and_backoff():
@@ -246,16 +252,24 @@ def test_completer_heals_the_last_token_and_stops_at_line_end(bpe):
 
 
 def test_statement_stop_closes_brackets_strings_and_continuations(bpe):
-    from tasks.code_completion.complete import open_brackets, statement_end
+    from tasks.code_completion.complete import LineState, open_brackets, statement_end
 
-    assert open_brackets("x = foo(a,\n    [b, '(',  # (\n") == 2  # strings and comments do not count
-    assert open_brackets("def f():\n    return 1\n") == 0 and open_brackets("s = '''abc\n") == 0
+    assert open_brackets("x = foo(a,\n    [b, '(',  # (\n") == LineState(2)  # strings and comments hold none
+    assert open_brackets("def f():\n    return 1\n") == LineState() and open_brackets("x = (1))\n") == LineState()
+    assert open_brackets('log.info("hello') == LineState(1, '"')  # the cursor inside a string
+    assert open_brackets('def f():\n    """Doc\n') == LineState(0, '"""')
+    assert open_brackets("x = 1  # note") == LineState(0, "#") and open_brackets("y = 1 + \\") == LineState(0, "", True)
     assert statement_end("x = 1\ny = 2\n") == 5
     assert statement_end("foo(a,\n    b)\nz\n") == len("foo(a,\n    b)")
-    assert statement_end("b)\nz\n", depth=1) == 2  # closes the bracket the prefix opened
-    assert statement_end("c,\n    d)\n", depth=2) is None
+    assert statement_end("b)\nz\n", LineState(1)) == 2  # closes the bracket the prefix opened
+    assert statement_end("c,\n    d)\n", LineState(2)) is None
+    assert statement_end(' world")\n    x = 1\n', LineState(1, '"')) == len(' world")')  # closes the string, then ()
+    assert statement_end('more.\n    """\n    x = 1\n', LineState(0, '"""')) == len('more.\n    """')
+    assert statement_end(" more\nx = 1\n", LineState(0, "#")) == len(" more")
+    assert statement_end("\n    2\nz", LineState(0, "", True)) == len("\n    2")  # after a trailing backslash
     assert statement_end("s = ')\\n' + '''a\nb'''\nz") == len("s = ')\\n' + '''a\nb'''")
     assert statement_end("y = 1 + \\\n    2\nz") == len("y = 1 + \\\n    2")
+    assert statement_end("y = 1 + \\\r\n    2\r\nz") == len("y = 1 + \\\r\n    2")  # CRLF
     assert statement_end("y = [1,  # ]\n 2]\n") == len("y = [1,  # ]\n 2]")
     assert statement_end("return (a") is None
     script = list(map(int, bpe.encode("\n    return foo(a,\n        b)\n    x = 1\n")))
@@ -267,6 +281,8 @@ def test_statement_stop_closes_brackets_strings_and_continuations(bpe):
     comp = Completer(Scripted(bpe.vocab_size, list(map(int, bpe.encode("\n        b)\n    x = 1\n")))), bpe, context=64)
     (c,) = comp.complete([comp.prompt("def f(a, b):\n    return foo(a,\n")], mode="statement")
     assert c.text == "        b)"  # the bracket the prefix opened is counted
+    inline = comp.prompt("def f(a, b):\n    return foo(a,\n", ")\n")  # an editor's auto-closed bracket after the cursor
+    assert inline.inline and not comp.prompt("def f(a, b):\n    return foo(a,\n", "\n    pass\n").inline
 
 
 def test_bad_sources_are_refused():

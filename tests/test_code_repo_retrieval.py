@@ -142,6 +142,10 @@ def test_fim_training_windows_carry_chunks_of_the_other_files_in_the_inference_l
     i_suf = seq.index(bpe.fim_suffix_id)
     assert bpe.decode(seq[1:i_suf]).startswith("# file: py/pkg/tokens.py")  # <fim_prefix> R P <fim_suffix> ...
     assert bpe.decode(seq[i_suf + 1:]).replace("<fim_middle>", "") != ""
+    spm = FIMCollator(bpe, 256, fim_rate=1.0, spm_rate=1.0, context=context, context_rate=1.0, context_tokens=60)
+    seq = spm.sequence(ids, torch.Generator().manual_seed(3), index=1)
+    assert seq[:2] == [bpe.fim_prefix_id, bpe.fim_suffix_id]  # <fim_prefix><fim_suffix> S <fim_middle> R P M
+    assert bpe.decode(seq[seq.index(bpe.fim_middle_id) + 1:]).startswith("# file: py/pkg/tokens.py")
     never = FIMCollator(bpe, 256, fim_rate=0.0, spm_rate=0.0, context=context, context_rate=0.0, context_tokens=60)
     assert never.sequence(ids, torch.Generator().manual_seed(0), index=1) == [bpe.bos_id, *map(int, ids)]
     with pytest.raises(ValueError, match="context_tokens"):

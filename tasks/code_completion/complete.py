@@ -10,8 +10,10 @@ prompt token is dropped and the first generated token must start with its text, 
 chooses the tokenization; the dropped text is then removed from the completion.
 
 Stops: ``line`` ends at the end of the current line; ``statement`` at the end of the logical line
-(Python's rule: the first newline outside brackets, strings and a backslash continuation, counting
-the brackets the prefix left open, so ``foo(a,`` + completion goes on to the closing ``)``);
+(Python's rule: the first newline outside brackets, strings and a backslash continuation, from the
+state the prefix leaves: ``foo(a,`` + completion goes on to the closing ``)``, a cursor inside a
+triple-quoted string to its end; with text after the cursor on its line, e.g. an editor's
+auto-closed ``)``, at the line's end);
 ``block`` ends before the first non-blank line indented less than the block (not more than the
 current line when that opens a block with ``:``); all also end at ``<eos>``, after
 ``max_new_tokens`` or ``max_seconds``.
@@ -23,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
 import sys
-import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,62 +78,78 @@ MODES = ("line", "statement", "block")
 OPENERS, CLOSERS = "([{", ")]}"
 
 
-def open_brackets(prefix: str) -> int:
-    """Brackets the prefix leaves open at the cursor (Python's tokenizer: strings and comments do not
-    count); 0 when the prefix does not tokenize (the cursor inside a string, a tab error...)."""
-    depth = 0
-    try:
-        for t in tokenize.generate_tokens(io.StringIO(prefix).readline):
-            if t.type == tokenize.OP and t.string in OPENERS:
-                depth += 1
-            elif t.type == tokenize.OP and t.string in CLOSERS:
-                depth = max(0, depth - 1)
-    except (tokenize.TokenError, IndentationError, SyntaxError):
-        pass  # EOF inside the statement: the depth so far is the answer
-    return depth
+@dataclass(frozen=True)
+class LineState:
+    """Where a scan of Python source stopped: the brackets open, the string open (its quote: ``'``,
+    ``"``, ``'''`` or ``\"\"\"``; ``#`` for a comment; ``""`` for code) and whether the text ended with
+    a backslash continuation."""
+
+    depth: int = 0
+    quote: str = ""
+    continued: bool = False
 
 
-def statement_end(text: str, depth: int = 0) -> int | None:
-    """Offset in ``text`` (the completion) of the newline that ends the logical line, or None while it
-    is open: brackets (``depth`` left open by the prefix), string literals (triple-quoted ones span
-    lines) and a trailing backslash keep it open; a comment runs to the end of its line."""
-    quote, i, n = "", 0, len(text)
+def scan(text: str, state: LineState = LineState(), stop: bool = False) -> tuple[int | None, LineState]:
+    """Scan ``text`` from ``state``. ``stop``: return at the first newline that ends the logical line
+    (outside brackets, strings and continuations) with its offset; else return ``(None, state at the
+    end)``, with brackets closed beyond the open ones ignored (a prefix's stray ``)``)."""
+    depth, quote, i, n = state.depth, state.quote, 0, len(text)
+    if state.continued:  # the newline after a trailing backslash does not end the line
+        i = 2 if text.startswith("\r\n") else 1 if text.startswith("\n") else 0
     while i < n:
         ch = text[i]
+        if quote == "#":  # a comment runs to the end of its line; the newline is code again
+            j = text.find("\n", i)
+            if j < 0:
+                return None, LineState(depth, quote)
+            quote, i = "", j - (j > 0 and text[j - 1] == "\r")
+            continue
         if quote:
             if ch == "\\":
                 i += 2
                 continue
             if text.startswith(quote, i):
-                i += len(quote)
-                quote = ""
+                i, quote = i + len(quote), ""
                 continue
-            if ch == "\n" and len(quote) == 1:
-                quote = ""  # an unterminated one-line string ends with its line (a syntax error anyway)
-            else:
+            if not (ch in "\r\n" and len(quote) == 1):
                 i += 1
                 continue
+            quote = ""  # an unterminated one-line string ends with its line (a syntax error anyway)
         if ch == "#":
-            j = text.find("\n", i)
-            if j < 0:
-                return None
-            i = j
+            quote = "#"
             continue
         if ch in "'\"":
             quote = ch * 3 if text.startswith(ch * 3, i) else ch
             i += len(quote)
             continue
+        if ch == "\\":
+            rest = text[i + 1 : i + 3]
+            if not rest or rest == "\r":
+                return None, LineState(depth, quote, True)
+            if rest.startswith("\n") or rest == "\r\n":
+                i += 1 + (2 if rest == "\r\n" else 1)  # an explicit line continuation
+                continue
         if ch in OPENERS:
             depth += 1
         elif ch in CLOSERS:
-            depth -= 1
-        elif ch == "\\" and text.startswith("\n", i + 1):
-            i += 2  # an explicit line continuation
-            continue
-        elif ch == "\n" and depth <= 0:
-            return i
+            depth = depth - 1 if stop else max(0, depth - 1)
+        elif ch in "\r\n" and depth <= 0 and stop and (ch == "\n" or text.startswith("\r\n", i)):
+            return i, LineState(depth)
         i += 1
-    return None
+    return None, LineState(depth, quote)
+
+
+def open_brackets(prefix: str) -> LineState:
+    """The state at the cursor: the brackets the prefix leaves open, the string or comment it is in, a
+    trailing backslash (strings and comments hold no brackets)."""
+    return scan(prefix)[1]
+
+
+def statement_end(text: str, state: LineState = LineState()) -> int | None:
+    """Offset in ``text`` (the completion) of the newline that ends the logical line, or None while it
+    is open; ``state``: where the prefix left off (``open_brackets``): brackets it opened, a string it
+    is inside (a triple-quoted one spans lines), a trailing backslash."""
+    return scan(text, state, stop=True)[0]
 
 
 def block_floor(prefix: str) -> int:
@@ -155,10 +171,11 @@ class Prompt:
     first_line: str  # the cursor's line up to the cursor
     floor: int = 0  # a blank cursor line: the indentation the block may not go below (the code above it)
     prefix: str = ""  # the text before the cursor (the statement stop counts its open brackets)
+    inline: bool = False  # the cursor's line goes on after the cursor (FIM): a statement stops at its line's end
 
     @functools.cached_property
-    def depth(self) -> int:
-        """Brackets the prefix leaves open at the cursor (tokenized on first use: statement mode only)."""
+    def state(self) -> LineState:
+        """Where the prefix leaves the statement (scanned on first use: statement mode only)."""
         return open_brackets(self.prefix)
 
     @property
@@ -241,7 +258,8 @@ class Completer:
             keep_p = min(len(p), self.context - 1 - len(pre))
             ids = [self.tok.bos_id, *pre, *p[len(p) - keep_p:]]
             total = len(pre) + len(p) + 1
-        return Prompt(ids, healed, total if total > len(ids) else 0, first_line, block_floor(prefix), prefix)
+        return Prompt(ids, healed, total if total > len(ids) else 0, first_line, block_floor(prefix), prefix,
+                      bool(suffix.split("\n", 1)[0].strip()))
 
     def complete(self, prompts: list[Prompt], *, mode: str = "line", max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
@@ -258,10 +276,10 @@ class Completer:
 
         def end(row: int, ids: list[int]) -> int | None:
             text = text_of(row, ids)
-            if mode == "line":
+            if mode == "line" or (mode == "statement" and prompts[row].inline):
                 return text.index("\n") if "\n" in text else None
             if mode == "statement":
-                return statement_end(text, prompts[row].depth)
+                return statement_end(text, prompts[row].state)
             return block_end(prompts[row].first_line, text, prompts[row].floor)
 
         res = generate(self.model, [p.ids for p in prompts], max_new_tokens=max_new_tokens,
@@ -481,4 +499,4 @@ def cli() -> None:
 
 
 __all__ = ["MODES", "Completer", "Completion", "CompletionError", "Prompt", "answer", "block_end", "load_completer",
-           "main", "open_brackets", "serve", "statement_end"]
+           "LineState", "main", "open_brackets", "scan", "serve", "statement_end"]

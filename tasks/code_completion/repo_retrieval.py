@@ -187,8 +187,8 @@ class TrainingContext:
     """Retrieved context for FIM fine-tuning (``code_fm.fim.FIMCollator``'s ``context``): for training
     record ``index``, the chunks of the *other* training files of its package that ``query`` (the text
     before the cursor) retrieves, as token ids, with the settings the evaluation and ``fm-complete
-    --repo`` use. Only ``indices`` (the label budget's files) are indexed: nothing outside the budget
-    reaches the model."""
+    --repo`` use. Only the files in ``texts`` (record index -> text: the label budget's) are indexed:
+    nothing outside the budget reaches the model."""
 
     def __init__(self, retriever_args: dict[str, Any], names: Sequence[str], texts: dict[int, str], tok: Any):
         self.names, self.tok = [str(x) for x in names], tok

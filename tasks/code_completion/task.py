@@ -11,7 +11,10 @@ Baselines in the same run, on the same held-out files (the ``test`` split of ``f
 whole packages never seen in pre-training): the same architecture from random initialisation
 fine-tuned with the identical budget, a token n-gram model (stupid backoff) counted on the
 train split, and the copy-line heuristic. The adapted model is exported to ``<run_dir>/export``
-for ``fm-complete``.
+for ``fm-complete``. With ``repo_retrieval`` set, a share ``retrieval_train_rate`` of the training
+windows carries BM25-retrieved chunks of the other training files of its package ahead of its text
+(``code_fm.fim``, ``repo_retrieval.TrainingContext``), the layout ``<system>+repo`` is scored with, so
+the model learns to copy from retrieved code, not only to see it at inference.
 
 With ``retrieval=true`` each neural system is also scored as retrieval-augmented line completion
 (``tasks.code_completion.retrieval``: the model picks between its own line and the copy-line retrieval from the
@@ -33,7 +36,7 @@ from tqdm import tqdm
 
 from code_fm.fim import FIMDataModule
 from code_fm.fim_format import FIMTokenizer
-from fm_core.config import require_positive
+from fm_core.config import ConfigError, require_positive
 from fm_core.decoding import NeuralLM
 from fm_core.export import save_pretrained
 from fm_core.finetune import FinetuneRun
@@ -64,13 +67,16 @@ class CodeCompletionTask:
         require_positive("task", steps=steps, lr=lr, max_length=max_length, max_tokens=max_tokens,
                          batch_size=batch_size, ngram_order=ngram_order, line_prompts=line_prompts,
                          gate_prompts=gate_prompts if retrieval else None)
+        if not 0 <= retrieval_train_rate <= 1:
+            raise ConfigError(f"task.retrieval_train_rate={retrieval_train_rate}: a share of the training windows, "
+                              f"in [0, 1]")
 
     def adapt(self, run: FinetuneRun, net: torch.nn.Module, tok: FIMTokenizer, name: str,
-              budget: Subset) -> dict[str, float]:
-        """Continue training ``net`` (causal) on FIM-formatted windows of the budget's train files."""
+              budget: Subset, context: dict[str, Any]) -> dict[str, float]:
+        """Continue training ``net`` (causal) on FIM-formatted windows of the budget's train files
+        (``context``: ``training_context``'s retrieved-context arguments)."""
         dm = FIMDataModule(tok, self.data_dir, fim_rate=self.fim_rate, spm_rate=self.spm_rate,
-                           max_length=self.max_length, max_tokens=self.max_tokens, seed=run.seed,
-                           **self.training_context(tok, budget))
+                           max_length=self.max_length, max_tokens=self.max_tokens, seed=run.seed, **context)
         dm.setup("fit")
         dm.train_set = budget.view(dm.train_set)
         module = CausalLMModule(
@@ -94,8 +100,7 @@ class CodeCompletionTask:
         train = ShardDataset(Path(self.data_dir) / "train")
         texts = {int(i): tok.decode(train.array(int(i))) for i in budget.indices}
         context = TrainingContext(dict(self.repo_retrieval), train.column("path"), texts, tok)
-        return {"context": context, "context_rate": float(self.retrieval_train_rate),
-                "context_tokens": int(self.repo_retrieval["budget_tokens"])}
+        return {"context": context, "context_rate": float(self.retrieval_train_rate), "context_tokens": tokens}
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
         torch.set_num_threads(self.threads)
@@ -112,8 +117,10 @@ class CodeCompletionTask:
         train = ShardDataset(Path(self.data_dir) / "train")
         budget = label_budget(train.column("path"), self.train_size, run.seed)  # whole files (fm_core.label_budget)
         metrics.update(budget.metrics)
+        context = self.training_context(tok, budget)  # the same retrieved context for every system
+        metrics["fim/retrieval_train_rate"] = float(context.get("context_rate", 0.0))
         for key, model in systems.items():
-            metrics.update(self.adapt(run, model, tok, key, budget))
+            metrics.update(self.adapt(run, model, tok, key, budget, context))
         export = save_pretrained(Path(run.run_dir) / "export", net.eval(), tok,
                                  metadata={"task": "code_completion", "init_from": run.init_from or "random"})
         metrics["export"] = str(export)
