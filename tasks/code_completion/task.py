@@ -92,8 +92,10 @@ class CodeCompletionTask:
     def training_context(self, tok: FIMTokenizer, budget: Subset) -> dict[str, Any]:
         """FIMDataModule's retrieved-context arguments: with ``repo_retrieval`` set and
         ``retrieval_train_rate`` > 0, that share of the training windows gets the chunks of the other
-        budget files of its package ahead of the text (``TrainingContext``), in the evaluation's budget."""
-        if self.repo_retrieval is None or not self.retrieval_train_rate:
+        budget files of its package ahead of the text (``TrainingContext``), in the evaluation's token
+        budget (at most half the window, as ``Completer.prompt`` cuts the preamble at inference)."""
+        tokens = min(int(self.repo_retrieval["budget_tokens"]), self.max_length // 2) if self.repo_retrieval else 0
+        if not self.retrieval_train_rate or tokens <= 0:
             return {}
         from tasks.code_completion.repo_retrieval import TrainingContext
 
