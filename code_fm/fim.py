@@ -18,8 +18,10 @@ is shortened by ``context_tokens`` and gets code retrieved from other files ahea
 continues: ``<cls> R text`` or ``<fim_prefix> R P <fim_suffix> S <fim_middle> M`` (SPM: R ahead of
 P), the layout ``fm-complete`` builds at inference (``Completer.prompt(preamble=...)``). The query
 is what a cursor would have before it: the prefix ``P`` (FIM), the window's first half (plain).
-Validation windows never get context (their loss stays comparable across rates). Randomness comes from each sample's seed (``fm_core.data``'s convention). The layout
-itself is ``code_fm.fim_format`` (shared with inference, free of Lightning).
+Validation windows never get context (their loss stays comparable across rates).
+
+Randomness comes from each sample's seed (``fm_core.data``'s convention). The layout itself is
+``code_fm.fim_format`` (shared with inference, free of Lightning).
 """
 
 from __future__ import annotations

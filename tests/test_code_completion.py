@@ -163,7 +163,7 @@ def test_fim_tokenizer_is_a_type_and_the_task_takes_every_option_from_its_yaml(b
     options = {k: v for k, v in cfg.items() if k not in ("name", "_target_")}
     with pytest.raises(ConfigError, match="task.retrieval_train_rate=1.5"):
         CodeCompletionTask(**{**options, "retrieval_train_rate": 1.5})
-    assert CodeCompletionTask(**{**options, "repo_retrieval": None}).training_context(bpe, None) == {}
+    assert CodeCompletionTask(**{**options, "repo_retrieval": None}).training_context(bpe, None, None) == {}
 
 
 def test_ngram_counts_and_backoff():

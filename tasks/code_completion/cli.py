@@ -7,8 +7,8 @@ import argparse
 
 from fm_core.errors import argparse_main
 
-DESCRIPTION = """Complete the current line (or statement, or block) of code at a cursor. The code comes from --file with
---line/--column, or from stdin: everything before the marker (default <cursor>) is the prefix,
+DESCRIPTION = """Complete the current line (or statement, or block) of code at a cursor. The code comes from
+--file with --line/--column, or from stdin: everything before the marker (default <cursor>) is the prefix,
 everything after it the optional suffix. A single trailing newline on stdin is dropped (echo adds one).
 
 examples:

@@ -17,7 +17,7 @@ one package: the first directory under the corpus root (``python3.11/lib2to3/...
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,15 +139,20 @@ def read_repo(directory: str, extensions: Sequence[str] = (".py",)) -> tuple[dic
     return files, skipped
 
 
+def by_package(retriever_args: dict[str, Any], files: Iterable[tuple[str, str]]) -> dict[str, RepoRetriever]:
+    """One ``RepoRetriever`` per package (``package_of``) over the ``(name, text)`` files of that package."""
+    grouped: dict[str, dict[str, str]] = {}
+    for name, text in files:
+        grouped.setdefault(package_of(name), {})[name] = text
+    return {repo: RepoRetriever(**retriever_args).index(group) for repo, group in grouped.items()}
+
+
 def preambles(retriever_args: dict[str, Any], cases: Sequence[Any], names: Sequence[str], texts: Sequence[str],
               tok: Any, drafts: Sequence[str] | None = None) -> tuple[list[str], dict[str, float]]:
     """For each line case (``case.file`` indexes ``names`` / ``texts``), the retrieved preamble from the
     other files of its package (``drafts``: RepoCoder's second round, the query extended by a first
     completion); and counts (cases with anything retrieved, mean preamble tokens)."""
-    by_repo: dict[str, dict[str, str]] = {}
-    for name, text in zip(names, texts, strict=True):
-        by_repo.setdefault(package_of(name), {})[name] = text
-    retrievers = {repo: RepoRetriever(**retriever_args).index(files) for repo, files in by_repo.items()}
+    retrievers = by_package(retriever_args, zip(names, texts, strict=True))
     out = [""] * len(cases)
     groups: dict[int, list[int]] = {}
     for i, c in enumerate(cases):
@@ -192,10 +197,7 @@ class TrainingContext:
 
     def __init__(self, retriever_args: dict[str, Any], names: Sequence[str], texts: dict[int, str], tok: Any):
         self.names, self.tok = [str(x) for x in names], tok
-        by_repo: dict[str, dict[str, str]] = {}
-        for i, text in texts.items():
-            by_repo.setdefault(package_of(self.names[i]), {})[self.names[i]] = text
-        self.retrievers = {repo: RepoRetriever(**retriever_args).index(files) for repo, files in by_repo.items()}
+        self.retrievers = by_package(retriever_args, ((self.names[i], text) for i, text in texts.items()))
 
     def __call__(self, index: int, query: str) -> list[int]:
         name = self.names[index]
@@ -237,4 +239,5 @@ class RepoContext:
         return self.retriever.preamble(found, self.tok)
 
 
-__all__ = ["SETTINGS_FILE", "Chunk", "RepoContext", "RepoRetriever", "TrainingContext", "chunks_of", "code_tokens", "evaluate_repo", "package_of", "preambles", "read_repo"]
+__all__ = ["SETTINGS_FILE", "Chunk", "RepoContext", "RepoRetriever", "TrainingContext", "by_package", "chunks_of",
+           "code_tokens", "evaluate_repo", "package_of", "preambles", "read_repo"]

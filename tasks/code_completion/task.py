@@ -89,7 +89,7 @@ class CodeCompletionTask:
         (val,) = trainer.validate(module, datamodule=dm, verbose=False)
         return {f"{name}/fim_val_loss": float(val[f"{name}/val/loss"])}
 
-    def training_context(self, tok: FIMTokenizer, budget: Subset) -> dict[str, Any]:
+    def training_context(self, tok: FIMTokenizer, train: ShardDataset, budget: Subset) -> dict[str, Any]:
         """FIMDataModule's retrieved-context arguments: with ``repo_retrieval`` set and
         ``retrieval_train_rate`` > 0, that share of the training windows gets the chunks of the other
         budget files of its package ahead of the text (``TrainingContext``), in the evaluation's token
@@ -99,7 +99,6 @@ class CodeCompletionTask:
             return {}
         from tasks.code_completion.repo_retrieval import TrainingContext
 
-        train = ShardDataset(Path(self.data_dir) / "train")
         texts = {int(i): tok.decode(train.array(int(i))) for i in budget.indices}
         context = TrainingContext(dict(self.repo_retrieval), train.column("path"), texts, tok)
         return {"context": context, "context_rate": float(self.retrieval_train_rate), "context_tokens": tokens}
@@ -119,7 +118,7 @@ class CodeCompletionTask:
         train = ShardDataset(Path(self.data_dir) / "train")
         budget = label_budget(train.column("path"), self.train_size, run.seed)  # whole files (fm_core.label_budget)
         metrics.update(budget.metrics)
-        context = self.training_context(tok, budget)  # the same retrieved context for every system
+        context = self.training_context(tok, train, budget)  # the same retrieved context for every system
         metrics["fim/retrieval_train_rate"] = float(context.get("context_rate", 0.0))
         for key, model in systems.items():
             metrics.update(self.adapt(run, model, tok, key, budget, context))
