@@ -153,7 +153,8 @@ def run_rows(run: Run, spec: dict[str, Any], tokens: dict[Path, float]) -> list[
                 continue  # a random-init run has no separate twin
             key, value = pick(run.metrics, keys)
             rows.append({"task": run.task, "method": method, "role": role,
-                         "backbone": run.backbone if role == "backbone" else "-", "budget": run.budget,
+                         # a twin keeps its backbone's label: twins of backbones of different shapes differ
+                         "backbone": run.backbone if role != "baselines" else "-", "budget": run.budget,
                          "train_size": run.train_size, "seed": run.seed, "pretrain_tokens": pre, "key": key,
                          "value": math.nan if value is None else value,
                          "status": "ok" if value is not None else "missing", "run": str(run.path)})
@@ -297,7 +298,8 @@ def plot_task(task: str, summary: list[dict[str, Any]], spec: dict[str, Any], x_
         pts = sorted(pts, key=lambda r: r[x_key])
         x = np.array([p[x_key] for p in pts])
         y, lo, hi = (np.array([p[k] for p in pts]) for k in ("mean", "ci95_low", "ci95_high"))
-        label = {"backbone": f"{method} · {backbone}", "twin": f"{method} · random-init twin"}.get(role, method)
+        label = {"backbone": f"{method} · {backbone}",
+                 "twin": f"{method} · random-init twin of {backbone}"}.get(role, method)
         style = {"backbone": "-", "twin": "--"}.get(role, ":")
         (line,) = ax.plot(x, y, style, marker="o", ms=4, label=label + (f" · {extra}" if extra else ""))
         ok = np.isfinite(lo)

@@ -118,6 +118,23 @@ def test_paired_difference_against_the_twin(tree, tmp_path):
     assert "| linear | pt | 10 | 0.1 [0.1, 0.1] (n=3) | better |" in md
 
 
+def test_twins_of_two_backbones_are_summarised_apart(tmp_path):
+    """Two pre-trained backbones (of different shapes, so different twins) at one budget: each twin
+    is a row of its own backbone, never one pooled "twin" row."""
+    runs = tmp_path / "sweep"
+    for name, twin in (("small", 0.40), ("large", 0.50)):
+        for seed in range(2):
+            write_run(runs / f"{name}_{seed}", task="secondary_structure", seed=seed, train_size=10,
+                      init_from=f"runs/{name}/export", metrics=ss_metrics(0.6, twin + 0.02 * seed, 0.55, 10))
+    report([runs], tmp_path / "report")
+    s = read(tmp_path / "report" / "summary.csv")
+    assert float(row(s, method="linear", role="twin", backbone="small")["mean"]) == pytest.approx(0.41)
+    assert float(row(s, method="linear", role="twin", backbone="large")["mean"]) == pytest.approx(0.51)
+    assert int(row(s, method="onehot_window", budget="10")["n"]) == 2  # a baseline still pools its seeds
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| linear (random-init twin) | small |" in md and "| linear (random-init twin) | large |" in md
+
+
 def test_drug_runs_are_reported_per_dataset_with_their_twin_and_features_only_arm(tmp_path):
     """drug_property runs name their dataset: two datasets give two curve sets, not one mixed; the
     backbone run's in-run twin and features-only heads are its twin and baseline."""
@@ -160,7 +177,7 @@ def test_metric_against_pretraining_tokens(tmp_path):
     res = report([runs], out, pretrain=[pre])
     rows = read(out / "runs.csv")
     assert {r["pretrain_tokens"] for r in rows if r["role"] == "backbone"} == {"1000000", "2000000"}
-    assert row(read(out / "summary.csv"), method="linear", backbone="pt@step0000500")["mean"] == "0.61"
+    assert row(read(out / "summary.csv"), method="linear", backbone="pt@step0000500", role="backbone")["mean"] == "0.61"
     assert (out / "secondary_structure_pretrain_tokens.png").stat().st_size > 10_000 and res["report/pngs"] == 2
 
 
