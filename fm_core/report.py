@@ -14,7 +14,8 @@ method, backbone and budget: seeds, mean, sample std and the 95% interval of the
 (the tables) and one PNG per task: the metric against the label budget (log x). With
 ``--pretrain RUN`` (an fm-pretrain run directory: ``exports/step*/`` and ``export/``) runs whose
 ``model.init_from`` is one of its exports also give ``<task>_pretrain_tokens.png``: the metric
-against the tokens the backbone was pre-trained on.
+against the tokens the backbone was pre-trained on (``pretrain_tokens.csv``: per export, budget and
+method, with the twins and baselines of the same runs beside).
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def plot_task(task: str, summary: list[dict[str, Any]], spec: dict[str, Any], x_
 
     from fm_core.plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     lines: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in summary:
         if r["task"] == task and np.isfinite(r[x_key]):
@@ -298,8 +299,8 @@ def plot_task(task: str, summary: list[dict[str, Any]], spec: dict[str, Any], x_
         pts = sorted(pts, key=lambda r: r[x_key])
         x = np.array([p[x_key] for p in pts])
         y, lo, hi = (np.array([p[k] for p in pts]) for k in ("mean", "ci95_low", "ci95_high"))
-        label = {"backbone": f"{method} · {backbone}",
-                 "twin": f"{method} · random-init twin of {backbone}"}.get(role, method)
+        twin = f"{method} · random-init twin" + (f" of {backbone}" if backbone != "-" else "")
+        label = {"backbone": f"{method} · {backbone}", "twin": twin}.get(role, method)
         style = {"backbone": "-", "twin": "--"}.get(role, ":")
         (line,) = ax.plot(x, y, style, marker="o", ms=4, label=label + (f" · {extra}" if extra else ""))
         ok = np.isfinite(lo)
@@ -309,21 +310,25 @@ def plot_task(task: str, summary: list[dict[str, Any]], spec: dict[str, Any], x_
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.12, lw=0)
     ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=spec["metric"], title=f"{task}: mean and 95% interval over seeds")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3, which="both")
     return save_figure(fig, path, dpi=120)
 
 
 def token_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Backbone methods of runs from a pre-training export, per export's tokens and budget."""
-    mine = [r for r in rows if r["role"] == "backbone" and np.isfinite(r["pretrain_tokens"])]
+    """Runs from a pre-training export, per export's tokens and budget: the backbone methods, their
+    random-init twins and the baselines of the same runs (flat references: neither depends on the
+    export, so a curve that rises above them is what the pre-training bought)."""
+    mine = [r for r in rows if np.isfinite(r["pretrain_tokens"])]
     out = []
     keys = ("task", "method", "role", "budget", "pretrain_tokens")
     for group, seeds in per_seed(mine, keys).items():
         rec = dict(zip(keys, group, strict=True))
-        out.append({**rec, "backbone": "pre-trained", "budget_line": f"budget {rec['budget']}",
+        out.append({**rec, "backbone": "pre-trained" if rec["role"] == "backbone" else "-",
+                    "budget_line": f"budget {rec['budget']}",
                     **interval([float(np.mean(v)) for _, v in sorted(seeds.items())])})
-    return out
+    return sorted(out, key=lambda r: (r["task"], ROLES.index(r["role"]), r["method"], budget_order(r["budget"]),
+                                      r["pretrain_tokens"]))
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str]) -> Path:
@@ -355,8 +360,13 @@ def report(dirs: list[str | Path], out: str | Path, *, pretrain: list[str | Path
     pngs = [plot_task(t, summary, specs[t], "train_size", out / f"{t}.png", "labelled training records (log)")
             for t in specs]
     by_tokens = token_summary(rows)
-    pngs += [plot_task(t, by_tokens, specs[t], "pretrain_tokens", out / f"{t}_pretrain_tokens.png",
-                       "pre-training tokens of the backbone (log)") for t in sorted({r["task"] for r in by_tokens})]
+    if by_tokens:
+        write_csv(out / "pretrain_tokens.csv", by_tokens, ("task", "method", "role", "budget", "pretrain_tokens", "n",
+                                                            "mean", "std", "ci95_low", "ci95_high"))
+    curves = [r for r in by_tokens if len({x["pretrain_tokens"] for x in by_tokens  # a line needs two exports
+                                          if (x["task"], x["budget"]) == (r["task"], r["budget"])}) > 1]
+    pngs += [plot_task(t, curves, specs[t], "pretrain_tokens", out / f"{t}_pretrain_tokens.png",
+                       "pre-training tokens of the backbone (log)") for t in sorted({r["task"] for r in curves})]
     for m in missing:
         print(f"fm-report: {m['run']}: no metric {m['key']} ({m['task']} {m['method']})")
     unfinished = unfinished_runs(dirs)

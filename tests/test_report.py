@@ -179,6 +179,11 @@ def test_metric_against_pretraining_tokens(tmp_path):
     assert {r["pretrain_tokens"] for r in rows if r["role"] == "backbone"} == {"1000000", "2000000"}
     assert row(read(out / "summary.csv"), method="linear", backbone="pt@step0000500", role="backbone")["mean"] == "0.61"
     assert (out / "secondary_structure_pretrain_tokens.png").stat().st_size > 10_000 and res["report/pngs"] == 2
+    curve = read(out / "pretrain_tokens.csv")  # the backbone rises with the tokens; its twin stays flat beside it
+    assert [(r["pretrain_tokens"], r["mean"]) for r in curve if r["method"] == "linear" and r["role"] == "backbone"] \
+        == [("1000000", "0.51"), ("2000000", "0.61")]
+    assert [r["mean"] for r in curve if r["method"] == "linear" and r["role"] == "twin"] == ["0.4", "0.4"]
+    assert {r["method"] for r in curve if r["role"] == "baselines"} == {"onehot_window", "profile_window", "propensity"}
 
 
 def test_clear_errors(tmp_path, capsys):
