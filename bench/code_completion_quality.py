@@ -97,7 +97,8 @@ def main() -> None:
     out["retriever_empty_after_indentation/now"] = sum(not continuation(p + t)[0] for p, t in typed)
     out["retriever_empty_at_line_start"] = sum(not continuation(c.prefix)[0] for c in cases)
     res = {"checkpoint": args.checkpoint, "split": args.split,
-           "chosen": {"repetition_penalty": chosen[0], "no_repeat_ngram": chosen[1]}, "counts": out, "machine": machine(), "command": " ".join(sys.argv)}
+           "chosen": {"repetition_penalty": chosen[0], "no_repeat_ngram": chosen[1]}, "counts": out,
+           "machine": machine(), "command": " ".join(sys.argv)}
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     for k, v in out.items():
         print(f"{k:<58}{v:>10.2f}")

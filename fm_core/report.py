@@ -363,8 +363,10 @@ def report(dirs: list[str | Path], out: str | Path, *, pretrain: list[str | Path
     if by_tokens:
         write_csv(out / "pretrain_tokens.csv", by_tokens, ("task", "method", "role", "budget", "pretrain_tokens", "n",
                                                             "mean", "std", "ci95_low", "ci95_high"))
-    curves = [r for r in by_tokens if len({x["pretrain_tokens"] for x in by_tokens  # a line needs two exports
-                                          if (x["task"], x["budget"]) == (r["task"], r["budget"])}) > 1]
+    exports: dict[tuple, set[float]] = defaultdict(set)
+    for r in by_tokens:
+        exports[(r["task"], r["budget"])].add(r["pretrain_tokens"])
+    curves = [r for r in by_tokens if len(exports[(r["task"], r["budget"])]) > 1]  # a line needs two exports
     pngs += [plot_task(t, curves, specs[t], "pretrain_tokens", out / f"{t}_pretrain_tokens.png",
                        "pre-training tokens of the backbone (log)") for t in sorted({r["task"] for r in curves})]
     for m in missing:
