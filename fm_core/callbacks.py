@@ -1,4 +1,5 @@
-"""Callbacks of general use: a learning-curve picture saved in the run and logged to W&B."""
+"""Callbacks of general use: a learning-curve picture saved in the run and logged to W&B, and a
+checkpoint of the last finished step when the process is asked to stop (SIGTERM)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import OnExceptionCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from fm_core.plots import log_image, save_figure
 
@@ -80,3 +83,24 @@ class SeenSamples(L.Callback):
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"seen_rank{trainer.global_rank}.json"
         path.write_text(json.dumps({str(e): ids for e, ids in self.epochs.items()}))
+
+
+class CheckpointOnSigterm(OnExceptionCheckpoint):
+    """Lightning's ``OnExceptionCheckpoint``, for SIGTERM only (a scheduler's stop, ``timeout``,
+    ``kill``, SLURM pre-emption): Lightning finishes the optimizer step under way and raises
+    ``SIGTERMException`` between steps, so the state saved here is whole, and ``resume=auto`` (the
+    newest verified checkpoint by global step) continues from it instead of from the last periodic
+    checkpoint. Other exceptions (a crash inside a step, Ctrl-C) can leave a half-updated state and
+    save nothing: those runs resume from the periodic checkpoints."""
+
+    def __init__(self, dirpath: str, filename: str = "sigterm"):
+        super().__init__(dirpath=dirpath, filename=filename)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # not in the sanity check, nor in a validate/test call after fit (its checkpoint has no optimizer state)
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        super().on_exception(trainer, pl_module, exception)
+        message = f"SIGTERM: saved step {trainer.global_step} to {self.ckpt_path}; rerun the same command to resume"
+        log.warning(message)
+        print(message, flush=True)

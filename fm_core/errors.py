@@ -4,7 +4,8 @@
 checkpoint kind, read-only output): `str(err)` is one or two lines naming the file, record or key
 and the remedy. `run_cli` prints it as `<tool>: error: <message>` and exits 2 without a traceback
 (`--debug` or `FM_DEBUG=1` shows it); programming errors keep their traceback. Ctrl-C exits 130
-with the resume hint where the tool resumes.
+with the resume hint where the tool resumes; Lightning's SIGTERM stop exits 143 (the checkpoint it
+leaves: ``fm_core.callbacks.CheckpointOnSigterm``).
 
 This module imports nothing heavy: it runs before torch is imported.
 """
@@ -22,6 +23,7 @@ from typing import NoReturn
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 RESUME_HINT = "interrupted: rerun the same command to resume"
 
 
@@ -111,6 +113,10 @@ def run_cli(tool: str, work: Callable[[], object], *, resumes: bool = False) -> 
             raise
         _interrupted(tool, resumes)
     except SystemExit as done:
+        if type(done).__name__ == "SIGTERMException":  # Lightning's stop between steps (not imported here)
+            print(f"\n{tool}: stopped by SIGTERM" + (": rerun the same command to resume" if resumes else ""),
+                  file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_TERMINATED) from None
         if _Interrupts.seen and done.code not in (0, EXIT_INTERRUPTED, None) and not debug:
             _interrupted(tool, resumes)
         raise

@@ -33,3 +33,18 @@ def gated_fasta(path: str, flag: str, gate: str, after: int):
             while not Path(gate).exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
         yield record
+
+
+class StallUntilSigterm(L.Callback):
+    """At optimizer step ``step``, announce itself in ``flag`` and wait (polling, so the signal
+    handler runs) until Lightning has noted a SIGTERM; Lightning then stops between steps."""
+
+    def __init__(self, step: int, flag: str):
+        self.step, self.flag = step, Path(flag)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            self.flag.write_text(str(trainer.current_epoch))
+            deadline = time.monotonic() + 300
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.05)

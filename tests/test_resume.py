@@ -138,6 +138,44 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(small_data, compo
     assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1
 
 
+TERM_AT = 17  # between the periodic checkpoints at steps 14 and 21
+
+
+def test_sigterm_saves_the_last_step_and_resume_continues_from_it(small_data, compose, tmp_path):
+    """SIGTERM (a scheduler's stop): the run exits 143 after the step under way, leaves a verified
+    checkpoint of that step (not only the periodic one 3 steps back), and the rerun continues from it
+    to exactly the metrics of an uninterrupted run."""
+    train_fa, val_fa = small_data
+    run_dir, flag = tmp_path / "run", tmp_path / "stalled"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cmd = [FM_PRETRAIN, *overrides(train_fa, val_fa, run_dir), "logger=csv"]
+    first = subprocess.Popen([*cmd, "+callbacks.stall._target_=killpoint.StallUntilSigterm",
+                              f"+callbacks.stall.step={TERM_AT}", f"+callbacks.stall.flag={flag}"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for(flag, first)
+    first.send_signal(signal.SIGTERM)
+    out = first.communicate(timeout=120)[0]
+    assert first.returncode == 143, out[-3000:]
+    saved = run_dir / "checkpoints" / "sigterm.ckpt"
+    assert f"SIGTERM: saved step {TERM_AT} to {saved}" in out and "stopped by SIGTERM: rerun the same command" in out
+    assert verify_checkpoint(saved)["global_step"] == TERM_AT
+    assert find_resume_checkpoint(run_dir / "checkpoints") == saved  # newer than resume-step0000014
+    assert not (run_dir / "metrics.json").exists()
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resuming from {saved}" in second.stdout
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert not saved.exists() and not sidecar_path(saved).exists()  # a finished run keeps no stop checkpoint
+
+    ref_dir = tmp_path / "uninterrupted"
+    ref = train(compose([*overrides(train_fa, val_fa, ref_dir)[:-2], f"paths.run_dir={ref_dir}", "logger=csv"]))
+    for key in ("val/perplexity", "val/accuracy", "val/loss", "train/steps", "train/tokens_seen"):
+        assert resumed[key] == ref[key], key  # exactly, on CPU
+    assert (resumed["train/legs"], resumed["train/steps"]) == (2, STEPS)
+
+
 def test_damaged_newest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     d = tmp_path / "checkpoints"
     for step in (10, 20, 30):
