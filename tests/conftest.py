@@ -43,7 +43,7 @@ def valid_records():
     return list(iter_fasta(SLICE / "valid.fasta.gz"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def compose():
     """Compose the fm-pretrain config the way the CLI does, with overrides."""
     from hydra import compose as hydra_compose

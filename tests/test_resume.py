@@ -55,6 +55,20 @@ def overrides(train_fa: Path, val_fa: Path, run_dir: Path) -> list[str]:
             "export=true", f"hydra.run.dir={run_dir}", f"paths.run_dir={run_dir}"]
 
 
+def _subprocess_env() -> dict[str, str]:
+    """fm-pretrain's environment: this folder on PYTHONPATH (for killpoint), W&B offline."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+            "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_data, compose, tmp_path_factory):
+    """The run of ``overrides`` never interrupted (in-process; the logger does not touch the numbers):
+    its run directory and metrics, shared by the SIGKILL and SIGTERM tests."""
+    ref_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    return ref_dir, train(compose([*overrides(*small_data, ref_dir)[:-2], f"paths.run_dir={ref_dir}", "logger=csv"]))
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -67,11 +81,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300.0) -> Non
         time.sleep(0.05)
 
 
-def test_sigkill_mid_training_then_resume_equals_uninterrupted(small_data, compose, tmp_path, capsys):
+def test_sigkill_mid_training_then_resume_equals_uninterrupted(small_data, uninterrupted, compose, tmp_path, capsys):
     train_fa, val_fa = small_data
     run_dir, flag = tmp_path / "run", tmp_path / "stalled"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = _subprocess_env()
     cmd = [FM_PRETRAIN, *overrides(train_fa, val_fa, run_dir)]
     load_before, t0 = os.getloadavg()[0], time.perf_counter()
     first = subprocess.Popen([*cmd, "+callbacks.stall._target_=killpoint.StallAt", f"+callbacks.stall.step={KILL_AT}",
@@ -97,9 +110,8 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(small_data, compo
     assert f"resuming from {run_dir / 'checkpoints' / 'resume-step0000021.ckpt'}" in second.stdout
     resumed = json.loads((run_dir / "metrics.json").read_text())
 
-    # the same run, never interrupted (in-process; the logger does not touch the numbers)
-    ref_dir = tmp_path / "uninterrupted"
-    ref = train(compose([*overrides(train_fa, val_fa, ref_dir)[:-2], f"paths.run_dir={ref_dir}", "logger=csv"]))
+    # the same run, never interrupted
+    ref_dir, ref = uninterrupted
 
     for key in ("val/perplexity", "val/accuracy", "val/loss", "train/steps", "train/tokens_seen"):
         assert resumed[key] == ref[key], key  # exactly, on CPU
@@ -141,14 +153,13 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(small_data, compo
 TERM_AT = 17  # between the periodic checkpoints at steps 14 and 21
 
 
-def test_sigterm_saves_the_last_step_and_resume_continues_from_it(small_data, compose, tmp_path):
+def test_sigterm_saves_the_last_step_and_resume_continues_from_it(small_data, uninterrupted, tmp_path):
     """SIGTERM (a scheduler's stop): the run exits 143 after the step under way, leaves a verified
     checkpoint of that step (not only the periodic one 3 steps back), and the rerun continues from it
     to exactly the metrics of an uninterrupted run."""
     train_fa, val_fa = small_data
     run_dir, flag = tmp_path / "run", tmp_path / "stalled"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = _subprocess_env()
     cmd = [FM_PRETRAIN, *overrides(train_fa, val_fa, run_dir), "logger=csv"]
     first = subprocess.Popen([*cmd, "+callbacks.stall._target_=killpoint.StallUntilSigterm",
                               f"+callbacks.stall.step={TERM_AT}", f"+callbacks.stall.flag={flag}"], env=env,
@@ -169,8 +180,7 @@ def test_sigterm_saves_the_last_step_and_resume_continues_from_it(small_data, co
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert not saved.exists() and not sidecar_path(saved).exists()  # a finished run keeps no stop checkpoint
 
-    ref_dir = tmp_path / "uninterrupted"
-    ref = train(compose([*overrides(train_fa, val_fa, ref_dir)[:-2], f"paths.run_dir={ref_dir}", "logger=csv"]))
+    ref = uninterrupted[1]
     for key in ("val/perplexity", "val/accuracy", "val/loss", "train/steps", "train/tokens_seen"):
         assert resumed[key] == ref[key], key  # exactly, on CPU
     assert (resumed["train/legs"], resumed["train/steps"]) == (2, STEPS)
