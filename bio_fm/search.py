@@ -51,7 +51,7 @@ def _embed_fasta(fasta: str | Path, checkpoint: str, out_dir: Path, layer: int, 
                   on_invalid=cfg.on_invalid, max_tokens=cfg.max_tokens, chunk_records=cfg.chunk_records,
                   chunk_residues=cfg.chunk_residues, progress=cfg.progress, signature=signature,
                   max_length=settings["max_length"], window_overlap=settings["window_overlap"],
-                  precision=settings["precision"])
+                  precision=settings["precision"], inplace=True)  # loaded for this job alone
     return out_dir
 
 

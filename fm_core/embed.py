@@ -84,12 +84,17 @@ class Embedded:
 
 
 class Embedder:
-    """Token-budget, length-bucketed, windowed inference of chosen layers of a ``MaskedLM``."""
+    """Token-budget, length-bucketed, windowed inference of chosen layers of a ``MaskedLM``.
+
+    The caller's ``net`` is left as it was (training mode, dtype, device): where the precision or
+    device asks for a cast, or the net is in training mode, the Embedder works on its own copy.
+    ``inplace=True`` casts and switches the given module itself (no copy: what a CLI that loaded
+    the model for this job alone wants)."""
 
     def __init__(self, net: MaskedLM, tokenizer: Tokenizer, layers: Sequence[int] = (-1,), *,
                  per_residue: bool = False, max_tokens: int = 16384, max_length: int | None = None,
                  window_overlap: int | None = None, precision: str = "float32",
-                 max_batch_size: int | None = None, device: str | torch.device = "cpu"):
+                 max_batch_size: int | None = None, device: str | torch.device = "cpu", inplace: bool = False):
         cfg = net.config
         self.layers = sorted({int(x) if int(x) >= 0 else cfg.num_layers + 1 + int(x) for x in layers})
         bad = [x for x in self.layers if not 0 <= x <= cfg.num_layers]
@@ -117,6 +122,10 @@ class Embedder:
         self.per_residue = per_residue
         self.device = torch.device(device)
         self.dtype = PRECISIONS[precision]
+        if not inplace and _needs_change(net, self.device, self.dtype):
+            import copy
+
+            net = copy.deepcopy(net)
         self.net = net.eval().to(self.device, self.dtype)
         self.encoder = self.net.encoder
         if precision == "int8":  # linear layers in int8 (a quantised copy; fm_core.quant)
@@ -403,6 +412,18 @@ def bound_heap_fragmentation(mmap_threshold: int = 1 << 20) -> None:
         pass
 
 
+def _needs_change(net: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``net.eval().to(device, dtype)`` would change the module (mode, a dtype or a device)."""
+    if any(m.training for m in net.modules()):
+        return True
+    for t in (*net.parameters(), *net.buffers()):
+        if t.device.type != device.type or (device.index is not None and t.device.index != device.index):
+            return True
+        if t.is_floating_point() and t.dtype != dtype:
+            return True
+    return False
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
@@ -413,15 +434,16 @@ def run_embedding(stream: Any, source: str, net: MaskedLM, tokenizer: Tokenizer,
                   precision: str = "float32", out_dtype: str = "float32", max_batch_size: int | None = None,
                   chunk_records: int = 4096, chunk_residues: int = 1_000_000, max_shards: int | None = None,
                   overwrite: bool = False, progress: bool = True, signature: dict[str, Any] | None = None,
-                  ) -> dict[str, Any]:
+                  inplace: bool = False) -> dict[str, Any]:
     """Embed every record of ``stream`` (an iterable of (id, text), optionally with ``position``
     and ``total_bytes`` for the progress bar) into ``out_dir``; resumes a job left unfinished
-    there. Stops after ``max_shards`` new shards when given (rerun to continue). Returns metrics."""
+    there. Stops after ``max_shards`` new shards when given (rerun to continue). ``inplace``: as
+    ``Embedder``'s (the caller's ``net`` is cast and put in eval mode, no copy). Returns metrics."""
     from tqdm.auto import tqdm
 
     embedder = Embedder(net, tokenizer, layers, per_residue=per_residue, max_tokens=max_tokens,
                         max_length=max_length, window_overlap=window_overlap, precision=precision,
-                        max_batch_size=max_batch_size)
+                        max_batch_size=max_batch_size, inplace=inplace)
     if out_dtype not in ("float32", "float16"):
         raise ValueError(f"out_dtype {out_dtype!r}: float32 or float16")
     sig = {**(signature or {}), "layers": embedder.layers, "per_residue": per_residue,
@@ -541,7 +563,8 @@ def embed(cfg: Any) -> dict[str, Any]:
             on_invalid=cfg.on_invalid, max_tokens=cfg.max_tokens, max_length=cfg.max_length,
             window_overlap=cfg.window_overlap, precision=cfg.precision, out_dtype=cfg.out_dtype,
             max_batch_size=cfg.max_batch_size, chunk_records=cfg.chunk_records, chunk_residues=cfg.chunk_residues,
-            max_shards=cfg.max_shards, overwrite=cfg.overwrite, progress=cfg.progress, signature=signature)
+            max_shards=cfg.max_shards, overwrite=cfg.overwrite, progress=cfg.progress, signature=signature,
+            inplace=True)  # the model was loaded for this job: cast it, no copy
         metrics["model/name"] = net.config.name
         write_metrics(out, metrics)
         print(f"embeddings: {out / 'manifest.json'} ({metrics['embed/sequences']} sequences, "

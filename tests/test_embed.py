@@ -72,6 +72,27 @@ def test_long_sequences_are_stitched_from_windows(tiny_esm, alphabet, valid_reco
     np.testing.assert_allclose(e.mean[2], e.residues[2].mean(0), atol=1e-6, rtol=1e-5)
 
 
+def test_the_callers_model_is_left_as_it_was_unless_inplace(tiny_esm, alphabet, valid_records):
+    ref, _ = tiny_esm
+    records = [(rid, alphabet.encode(seq[:200])) for rid, seq in valid_records[:4]]
+    net = from_esm2_module(ref).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    bf16 = Embedder(net, alphabet, layers=[-1], max_tokens=2048, precision="bfloat16")
+    assert net.training and all(p.dtype == torch.float32 for p in net.parameters())  # a copy was cast
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert bf16.net is not net and next(bf16.net.parameters()).dtype == torch.bfloat16 and not bf16.net.training
+    fp32 = Embedder(net, alphabet, layers=[-1], max_tokens=2048)  # training mode: a copy in eval mode
+    assert net.training and fp32.net is not net
+    a, b = fp32.embed(records), bf16.embed(records)
+    for x, y in zip(a, b, strict=True):  # the bf16 copy computes the same embeddings, to bf16 rounding
+        cos = float(np.dot(x.mean[2], y.mean[2]) / np.linalg.norm(x.mean[2]) / np.linalg.norm(y.mean[2]))
+        assert cos > 0.999
+    net.eval()
+    assert Embedder(net, alphabet, layers=[-1]).net is net  # nothing to change: no copy
+    own = Embedder(net, alphabet, layers=[-1], precision="bfloat16", inplace=True)
+    assert own.net is net and next(net.parameters()).dtype == torch.bfloat16
+
+
 def write_fasta(path, records):
     with gzip.open(path, "wt") as fh:
         for rid, seq in records:
