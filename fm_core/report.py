@@ -16,6 +16,11 @@ method, backbone and budget: seeds, mean, sample std and the 95% interval of the
 ``model.init_from`` is one of its exports also give ``<task>_pretrain_tokens.png``: the metric
 against the tokens the backbone was pre-trained on (``pretrain_tokens.csv``: per export, budget and
 method, with the twins and baselines of the same runs beside).
+
+A previous report can stand in for runs that are gone: a ``runs.csv`` that fm-report wrote (or its
+output folder) given among the inputs adds its rows as they are, so seeds run on another machine,
+cluster or day are summarised with the runs at hand (a run found both there and on disk counts once,
+from disk). Sweeps keep only that small tidy file; the run directories can be deleted.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import numpy as np
 from fm_core.errors import UserError
 
 RUN_COLUMNS = ("task", "method", "role", "backbone", "budget", "train_size", "seed", "pretrain_tokens", "key",
-               "value", "status", "run")
+               "value", "status", "run", "spec")
+ROW_TYPES = {"train_size": float, "seed": int, "pretrain_tokens": float, "value": float}
 SUMMARY_COLUMNS = ("task", "method", "role", "backbone", "budget", "train_size", "n", "mean", "std", "ci95_low",
                    "ci95_high", "values")
 ROLES = ("backbone", "twin", "baselines")
@@ -58,6 +64,34 @@ class Run:
 
     def __post_init__(self):
         self.spec = self.spec or self.task
+
+
+def previous_report(path: Path) -> Path | None:
+    """The ``runs.csv`` an input names (the file, or an fm-report output folder holding it), else None."""
+    if path.is_file() and path.suffix == ".csv":
+        return path
+    if path.is_dir() and (path / "report.md").is_file() and (path / "runs.csv").is_file():
+        return path / "runs.csv"
+    return None
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``runs.csv`` written by fm-report, typed as ``run_rows`` makes them."""
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        need = set(RUN_COLUMNS) - {"spec"}  # reports written before the spec column: the task name up to '-'
+        lacking = sorted(need - set(reader.fieldnames or ()))
+        if lacking:
+            raise ReportError(f"{path}: not an fm-report runs.csv (no column {', '.join(lacking)})")
+        rows = []
+        for line, rec in enumerate(reader, start=2):
+            try:
+                row = {k: ROW_TYPES[k](rec[k]) if k in ROW_TYPES else rec[k] for k in need}
+            except ValueError as err:
+                raise ReportError(f"{path}: line {line}: {err}") from err
+            row["spec"] = rec.get("spec") or row["task"].split("-", 1)[0]
+            rows.append(row)
+    return rows
 
 
 def find_runs(dirs: list[str | Path]) -> list[Path]:
@@ -158,7 +192,8 @@ def run_rows(run: Run, spec: dict[str, Any], tokens: dict[Path, float]) -> list[
                          "backbone": run.backbone if role != "baselines" else "-", "budget": run.budget,
                          "train_size": run.train_size, "seed": run.seed, "pretrain_tokens": pre, "key": key,
                          "value": math.nan if value is None else value,
-                         "status": "ok" if value is not None else "missing", "run": str(run.path)})
+                         "status": "ok" if value is not None else "missing", "run": str(run.path),
+                         "spec": run.spec})
     return rows
 
 
@@ -344,12 +379,21 @@ def report(dirs: list[str | Path], out: str | Path, *, pretrain: list[str | Path
            spec_dir: str | Path | None = None) -> dict[str, Any]:
     """Read the runs below ``dirs``, write the CSVs, markdown and PNGs into ``out``; returns counts."""
     out = Path(out)
-    runs = [read_run(p) for p in find_runs(dirs)]
-    by_name = {name: load_spec(name, Path(spec_dir) if spec_dir else None) for name in sorted({r.spec for r in runs})}
-    specs = {r.task: by_name[r.spec] for r in sorted(runs, key=lambda r: r.task)}  # per label (task-dataset)
+    previous = {Path(d): previous_report(Path(d)) for d in dirs}
+    run_dirs = [d for d, csv_path in previous.items() if csv_path is None]
+    runs = [read_run(p) for p in find_runs(run_dirs)] if run_dirs else []
+    fresh = {str(r.path) for r in runs}
+    carried: list[dict[str, Any]] = []
+    for csv_path in (c for c in previous.values() if c is not None):
+        seen = {r["run"] for r in carried} | fresh
+        carried += [r for r in read_rows(csv_path) if r["run"] not in seen]  # a run on disk counts once, from disk
+    names = sorted({r.spec for r in runs} | {r["spec"] for r in carried})
+    by_name = {name: load_spec(name, Path(spec_dir) if spec_dir else None) for name in names}
+    labels = {r.task: r.spec for r in runs} | {r["task"]: r["spec"] for r in carried}  # per label (task-dataset)
+    specs = {label: by_name[labels[label]] for label in sorted(labels)}
     tokens = export_tokens(list(pretrain))
     out.mkdir(parents=True, exist_ok=True)  # only once the inputs are known good: a refused call writes nothing
-    rows = [row for r in runs for row in run_rows(r, specs[r.task], tokens)]
+    rows = [row for r in runs for row in run_rows(r, specs[r.task], tokens)] + carried
     missing = [r for r in rows if r["status"] == "missing"]
     summary, pairs = summarise(rows), paired(rows)
     write_csv(out / "runs.csv", rows, RUN_COLUMNS)
@@ -371,18 +415,21 @@ def report(dirs: list[str | Path], out: str | Path, *, pretrain: list[str | Path
                        "pre-training tokens of the backbone (log)") for t in sorted({r["task"] for r in curves})]
     for m in missing:
         print(f"fm-report: {m['run']}: no metric {m['key']} ({m['task']} {m['method']})")
-    unfinished = unfinished_runs(dirs)
+    unfinished = unfinished_runs(run_dirs)
     if unfinished:
         with open(out / "report.md", "a") as fh:
             fh.write(f"\nruns without metrics.json (failed or still running, {len(unfinished)}):\n\n"
                      + "".join(f"- {u}\n" for u in unfinished))
     for u in unfinished:
         print(f"fm-report: {u}: no metrics.json (failed or still running): not in the report")
-    result = {"report/runs": len(runs), "report/tasks": len(specs), "report/rows": len(rows),
+    n_carried = len({r["run"] for r in carried})
+    result = {"report/runs": len(runs) + n_carried, "report/runs_from_csv": n_carried, "report/tasks": len(specs),
+              "report/rows": len(rows),
               "report/missing": len(missing), "report/unfinished": len(unfinished), "report/pngs": len(pngs),
               "report/dir": str(out)}
     (out / "metrics.json").write_text(json.dumps(result, indent=2, sort_keys=True))
-    print(f"fm-report: {len(runs)} runs, {len(specs)} tasks, {len(missing)} missing metrics -> {out}/report.md")
+    print(f"fm-report: {result['report/runs']} runs ({n_carried} from earlier reports' runs.csv), {len(specs)} tasks, "
+          f"{len(missing)} missing metrics -> {out}/report.md")
     return result
 
 

@@ -186,6 +186,45 @@ def test_metric_against_pretraining_tokens(tmp_path):
     assert {r["method"] for r in curve if r["role"] == "baselines"} == {"onehot_window", "profile_window", "propensity"}
 
 
+def test_an_earlier_reports_runs_csv_stands_in_for_runs_that_are_gone(tree, tmp_path, capsys):
+    """Seeds 0-1 reported, their run directories deleted; seed 2 run later: the earlier runs.csv plus the
+    new run give the same summary and paired tables as all the runs read from disk."""
+    import shutil
+
+    whole = tmp_path / "whole"
+    report([tree], whole)
+    first, later = tmp_path / "first", tmp_path / "later"
+    first.mkdir()
+    later.mkdir()
+    for d in tree.iterdir():  # seed 2 (and the crashed job) stay for later, the rest is reported first
+        shutil.copytree(d, (later if d.name.endswith("_2") else first) / d.name)
+    report([first], tmp_path / "r01")
+    shutil.rmtree(first)
+    merged = tmp_path / "merged"
+    res = report([tmp_path / "r01", later], merged)
+    assert res["report/runs"] == 9 and res["report/runs_from_csv"] == 6 and res["report/missing"] == 1
+    for name in ("summary.csv", "paired.csv"):
+        a, b = read(whole / name), read(merged / name)
+        assert len(a) == len(b) >= (10 if name == "summary.csv" else 4)
+        key = ("task", "method", "backbone", "budget") + (("role",) if name == "summary.csv" else ())
+        b_by = {tuple(r[k] for k in key): r for r in b}
+        for r in a:
+            other = b_by[tuple(r[k] for k in key)]
+            assert other["n"] == r["n"]
+            for col in ("mean", "ci95_low", "ci95_high"):
+                if r[col] not in ("", "nan"):
+                    assert float(other[col]) == pytest.approx(float(r[col]), rel=1e-9)
+    row(read(merged / "paired.csv"), method="linear", backbone="pt", budget="30")  # 3 seeds again
+    # the same run given both ways counts once (from disk); the runs.csv file itself is an input too
+    again = report([merged / "runs.csv", later], tmp_path / "again")
+    assert again["report/runs"] == 9 and again["report/runs_from_csv"] == 6
+    assert read(tmp_path / "again" / "summary.csv") == read(merged / "summary.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("task,value\nx,1\n")
+    with pytest.raises(ReportError, match=r"bad\.csv: not an fm-report runs\.csv \(no column backbone"):
+        report([bad], tmp_path / "out")
+
+
 def test_clear_errors(tmp_path, capsys):
     from fm_core.report_cli import main
 
