@@ -381,12 +381,13 @@ def report(dirs: list[str | Path], out: str | Path, *, pretrain: list[str | Path
     out = Path(out)
     previous = {Path(d): previous_report(Path(d)) for d in dirs}
     run_dirs = [d for d, csv_path in previous.items() if csv_path is None]
-    runs = [read_run(p) for p in find_runs(run_dirs)] if run_dirs else []
-    fresh = {str(r.path) for r in runs}
+    runs = [read_run(p) for p in find_runs(run_dirs)]
+    seen = {str(r.path) for r in runs}  # a run on disk counts once, from disk; in two CSVs, from the first
     carried: list[dict[str, Any]] = []
     for csv_path in (c for c in previous.values() if c is not None):
-        seen = {r["run"] for r in carried} | fresh
-        carried += [r for r in read_rows(csv_path) if r["run"] not in seen]  # a run on disk counts once, from disk
+        new = [r for r in read_rows(csv_path) if r["run"] not in seen]
+        seen |= {r["run"] for r in new}
+        carried += new
     names = sorted({r.spec for r in runs} | {r["spec"] for r in carried})
     by_name = {name: load_spec(name, Path(spec_dir) if spec_dir else None) for name in names}
     labels = {r.task: r.spec for r in runs} | {r["task"]: r["spec"] for r in carried}  # per label (task-dataset)

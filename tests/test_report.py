@@ -186,7 +186,7 @@ def test_metric_against_pretraining_tokens(tmp_path):
     assert {r["method"] for r in curve if r["role"] == "baselines"} == {"onehot_window", "profile_window", "propensity"}
 
 
-def test_an_earlier_reports_runs_csv_stands_in_for_runs_that_are_gone(tree, tmp_path, capsys):
+def test_an_earlier_reports_runs_csv_stands_in_for_runs_that_are_gone(tree, tmp_path):
     """Seeds 0-1 reported, their run directories deleted; seed 2 run later: the earlier runs.csv plus the
     new run give the same summary and paired tables as all the runs read from disk."""
     import shutil
