@@ -44,7 +44,8 @@ def main() -> None:
     ngram = f"ngram{task.ngram_order}"
     preds = {k: [r[k] for r in rows] for k in ("model", "random_init", ngram, "copy_line")}
     t = time.perf_counter()
-    metrics = task.run_repo_retrieval(completers, lines, preds, tok, run / "export", int(cfg.seed))
+    init_from = done.get("init_from") if done.get("init_from") != "random" else None
+    metrics = task.run_repo_retrieval(completers, lines, preds, tok, run / "export", int(cfg.seed), init_from)
     metrics["seconds"] = time.perf_counter() - t
     targets = [c.target for c in lines]
     for key in ("model", "random_init", ngram, "copy_line"):
@@ -54,7 +55,7 @@ def main() -> None:
             boot = ev.paired_bootstrap(ev.per_prompt_scores(preds[repo], targets)[m],
                                        ev.per_prompt_scores(preds[key], targets)[m], seed=int(cfg.seed))
             metrics.update({f"paired/line/{m}/{repo}-{key}/{k}": v for k, v in boot.items()})
-    res = {"run": str(run), "prompts": len(lines), "settings": dict(task.repo_retrieval), "metrics": metrics,
+    res = {"run": str(run), "prompts": len(lines), "settings": task.retrieval_settings(init_from), "metrics": metrics,
            "settings_file": str(run / "export" / SETTINGS_FILE), "machine": machine(), "command": " ".join(sys.argv)}
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"{'system':<22}{'line EM':>10}{'edit sim':>10}")

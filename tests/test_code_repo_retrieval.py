@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tasks.code_completion.evaluate import LineCase
@@ -18,7 +19,9 @@ from tasks.code_completion.repo_retrieval import (
     read_repo,
 )
 
-SETTINGS = {"chunk_lines": 3, "stride": 2, "query_lines": 2, "top_k": 4, "budget_tokens": 400, "iterations": 1}
+BM25 = {"_target_": "tasks.code_completion.repo_retrieval.BM25Ranker"}
+SETTINGS = {"chunk_lines": 3, "stride": 2, "query_lines": 2, "top_k": 4, "budget_tokens": 400, "iterations": 1,
+            "ranker": BM25}
 FILES = {
     "pkg/tokens.py": "def parse_token(stream):\n    return stream.next_token()\n",
     "pkg/parser.py": "from pkg.tokens import parse_token\n\nclass Parser:\n    def run(self, stream):\n"
@@ -108,7 +111,8 @@ def test_fm_complete_repo(bpe, tmp_path, capsys):
     args = ["--checkpoint", str(export), "--repo", str(repo), "--file", str(repo / "pkg/parser.py"), "--line", "5",
             "--max-new-tokens", "3"]
     assert main(args) == 2 and f"no {SETTINGS_FILE}" in capsys.readouterr().err
-    (export / SETTINGS_FILE).write_text(json.dumps(SETTINGS))
+    old = {k: v for k, v in SETTINGS.items() if k != "ranker"}  # written before rankers were chosen: BM25
+    (export / SETTINGS_FILE).write_text(json.dumps(old))
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "skipped pkg/bad.py: not UTF-8" in err and "3 files indexed, 1 skipped" in err
@@ -157,3 +161,86 @@ def test_fim_training_windows_carry_chunks_of_the_other_files_in_the_inference_l
     dm.tokenizer, dm.max_length, dm.fim_rate, dm.spm_rate = bpe, 256, 0.0, 0.0
     dm.context, dm.context_rate, dm.context_tokens = context, 1.0, 60
     assert dm.collator(train=True).context is context and dm.collator(train=False).context is None
+
+
+@pytest.fixture(scope="module")
+def encoder(bpe, tmp_path_factory):
+    """A tiny bidirectional encoder export with the fixture's tokenizer (random weights)."""
+    import torch
+
+    from fm_core.config import EncoderConfig
+    from fm_core.export import save_pretrained
+    from fm_core.model import MaskedLM
+
+    torch.manual_seed(0)
+    net = MaskedLM(EncoderConfig.from_name("tiny", vocab_size=bpe.vocab_size, pad_id=bpe.pad_id, mask_id=bpe.mask_id,
+                                           max_length=64))
+    return str(save_pretrained(tmp_path_factory.mktemp("enc") / "enc", net, bpe))
+
+
+def embedding(model):
+    return {"_target_": "tasks.code_completion.repo_retrieval.EmbeddingRanker", "model": model, "layer": -1,
+            "max_tokens": 512}
+
+
+def test_embedding_ranker_finds_the_same_text_first_and_never_the_excluded_file(bpe, encoder):
+    from tasks.code_completion.repo_retrieval import EmbeddingRanker
+
+    r = RepoRetriever(**{**SETTINGS, "ranker": embedding(encoder), "query_lines": 3}).index(FILES)
+    target = next(c for c in r.chunks if c.file == "pkg/tokens.py")
+    (found,) = r.search([target.text], exclude="pkg/parser.py")
+    assert found[0] is target  # cosine 1 with itself
+    assert len(found) == min(4, sum(c.file != "pkg/parser.py" for c in r.chunks))  # top_k, every score finite
+    assert all(c.file != "pkg/parser.py" for c in found)
+    (none,) = r.search([target.text], exclude="pkg/tokens.py")
+    assert target not in none
+    ranker = EmbeddingRanker(model=encoder, layer=-1, max_tokens=512)
+    v = ranker.vectors(["x = 1", "", "x = 1"])
+    assert v.shape[0] == 3 and np.allclose(np.linalg.norm(v[[0, 2]], axis=1), 1.0) and not v[1].any()
+    ranker.fit([c.text for c in r.chunks])
+    assert ranker.rank([""], 2, np.ones(len(r.chunks), bool)) == [[]]  # an empty query retrieves nothing
+    with pytest.raises(ValueError, match="no model"):
+        EmbeddingRanker(model=None, layer=-1, max_tokens=512)
+
+
+def test_fusion_is_reciprocal_rank_fusion():
+    from tasks.code_completion.repo_retrieval import FusionRanker
+
+    class Fixed:
+        def __init__(self, order):
+            self.order = order
+
+        def fit(self, texts):
+            self.n = len(texts)
+
+        def rank(self, queries, k, keep):
+            return [[i for i in self.order if keep[i]][:k] for _ in queries]
+
+    f = FusionRanker(rankers=[Fixed([0, 1, 2]), Fixed([2, 3, 0])], k=1, depth=3)
+    f.fit(["a", "b", "c", "d"])
+    # 1/(1+r): 0 -> 1/2 + 1/4, 1 -> 1/3, 2 -> 1/4 + 1/2, 3 -> 1/3; ties by index
+    assert f.rank(["q"], 4, np.ones(4, bool)) == [[0, 2, 1, 3]]
+    # chunk 1 excluded: 0 -> 1/2 + 1/4, 2 -> 1/3 + 1/2, 3 -> 1/3
+    assert f.rank(["q"], 2, np.array([True, False, True, True])) == [[2, 0]]
+
+
+def test_an_embedding_rankers_encoder_travels_with_the_export(bpe, encoder, tmp_path):
+    """export_settings copies the ranker's encoder beside the model and names it relative to it, so
+    fm-complete --repo retrieves the same chunks from the export alone."""
+    from tasks.code_completion.repo_retrieval import RepoContext, export_settings, with_model
+
+    settings = with_model({**SETTINGS, "ranker": embedding(None)}, encoder)
+    assert settings["ranker"]["model"] == encoder
+    export = tmp_path / "export"
+    export.mkdir()
+    written = export_settings(settings, export)
+    assert written["ranker"]["model"] == "ranker_model0" and (export / "ranker_model0" / "model.safetensors").is_file()
+    repo = tmp_path / "repo"
+    for name, text in FILES.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    prefix = "class Parser:\n    def run(self, stream):\n"
+    ctx = RepoContext(str(export), str(repo), bpe)
+    direct = RepoRetriever(**settings).index(FILES)
+    assert ctx.preamble(prefix, str(repo / "pkg/parser.py")) == direct.preamble(
+        direct.search([prefix], exclude="pkg/parser.py")[0], bpe) != ""

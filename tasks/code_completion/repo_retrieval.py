@@ -10,12 +10,19 @@ file, as many whole chunks as fit ``budget_tokens`` (the prefix keeps the rest o
 from the left); RepoCoder's iterative mode (``iterations`` 2: query again with the first draft
 appended) is an option.
 
+The ranker is chosen by ``_target_`` (``conf/code_ranker/``): ``BM25Ranker`` (the default),
+``EmbeddingRanker`` (the model's own embeddings: cosine similarity of mean-pooled hidden states of a
+pre-trained encoder, by default the fine-tuning run's backbone, ``model.init_from``; exact search,
+as a repository's chunks number thousands) or ``FusionRanker`` (reciprocal rank fusion of several,
+Cormack et al. 2009). A repository is indexed when it is first searched.
+
 A repository is a directory (``fm-complete --repo DIR``) or, for the prepared corpus, the files of
 one package: the first directory under the corpus root (``python3.11/lib2to3/...`` -> ``lib2to3``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -67,42 +74,181 @@ def package_of(path: str) -> str:
     return parts[1] if len(parts) > 2 else path
 
 
+class BM25Ranker:
+    """BM25 (``bm25s``, Lucene's variant) over identifier tokens (``code_tokens``); a chunk sharing no
+    token with the query is never returned."""
+
+    def fit(self, texts: Sequence[str]) -> None:
+        import bm25s
+
+        self.bm25 = bm25s.BM25()
+        self.bm25.index([code_tokens(t) or ["<empty>"] for t in texts], show_progress=False)
+
+    def rank(self, queries: Sequence[str], k: int, keep: np.ndarray) -> list[list[int]]:
+        ids, scores = self.bm25.retrieve([code_tokens(q) or ["<empty>"] for q in queries], k=k, show_progress=False,
+                                         weight_mask=keep.astype(np.float32), n_threads=1)
+        return [[int(i) for i, s in zip(row, srow, strict=True) if s > 0] for row, srow in zip(ids, scores, strict=True)]
+
+
+@functools.lru_cache(maxsize=4)
+def _embedder(model: str, layer: int, max_tokens: int) -> Any:
+    """One ``fm_core.embed.Embedder`` per encoder checkpoint and layer in a process (every package's
+    ranker shares it)."""
+    from fm_core.embed import Embedder
+    from fm_core.export import load_pretrained
+
+    net, tok = load_pretrained(model)
+    return Embedder(net, tok, (layer,), max_tokens=max_tokens, inplace=True)
+
+
+class EmbeddingRanker:
+    """The model's own embeddings: chunks and queries mean-pooled at ``layer`` of the encoder ``model``
+    (an export directory or any checkpoint ``load_pretrained`` reads), ranked by cosine similarity.
+    ``model`` null is filled with the fine-tuning run's backbone (``with_model``) before use."""
+
+    def __init__(self, *, model: str | None, layer: int, max_tokens: int):
+        if not model:
+            raise ValueError("code_ranker embedding: no model (give task.repo_retrieval.ranker.model=<encoder "
+                             "checkpoint>, or fine-tune from one: model.init_from=...)")
+        self.embedder = _embedder(str(model), int(layer), int(max_tokens))
+        self.layer = self.embedder.layers[0]
+
+    def vectors(self, texts: Sequence[str]) -> np.ndarray:
+        tok = self.embedder.tok
+        records = [(str(i), np.asarray(tok.encode(t), dtype=np.int64)) for i, t in enumerate(texts)]
+        out = np.zeros((len(texts), self.embedder.dim), dtype=np.float32)
+        full = [i for i, (_, ids) in enumerate(records) if len(ids)]
+        for i, e in zip(full, self.embedder.embed([records[i] for i in full]), strict=True):
+            out[i] = e.mean[self.layer]
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1.0)
+
+    def fit(self, texts: Sequence[str]) -> None:
+        self.matrix = self.vectors(texts)
+
+    def rank(self, queries: Sequence[str], k: int, keep: np.ndarray) -> list[list[int]]:
+        q = self.vectors(queries)
+        scores = q @ self.matrix.T
+        scores[:, ~keep.astype(bool)] = -np.inf
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [[int(i) for i in row if np.isfinite(scores[r, i])] if q[r].any() else []
+                for r, row in enumerate(top)]
+
+
+class FusionRanker:
+    """Reciprocal rank fusion (Cormack et al. 2009): each ranker's ``depth`` best, scored by the sum
+    of 1 / (``k`` + rank) over the rankers that return them."""
+
+    def __init__(self, *, rankers: Sequence[Any], k: int, depth: int):
+        if not rankers or k < 0 or depth < 1:
+            raise ValueError("code_ranker fusion: give one ranker or more, k >= 0 and depth >= 1")
+        self.rankers, self.k, self.depth = [make_ranker(r) for r in rankers], k, depth
+
+    def fit(self, texts: Sequence[str]) -> None:
+        for r in self.rankers:
+            r.fit(texts)
+
+    def rank(self, queries: Sequence[str], k: int, keep: np.ndarray) -> list[list[int]]:
+        fused: list[dict[int, float]] = [{} for _ in queries]
+        for r in self.rankers:
+            for scores, row in zip(fused, r.rank(queries, max(k, self.depth), keep), strict=True):
+                for rank, i in enumerate(row):
+                    scores[i] = scores.get(i, 0.0) + 1.0 / (self.k + rank + 1)
+        return [sorted(s, key=lambda i: (-s[i], i))[:k] for s in fused]
+
+
+def make_ranker(spec: Any) -> Any:
+    """A ranker from its config (a mapping with ``_target_``: ``conf/code_ranker/``), or the ranker itself."""
+    from hydra.utils import instantiate
+    from omegaconf import DictConfig
+
+    if not isinstance(spec, dict | DictConfig):
+        return spec
+
+    return instantiate(spec, _recursive_=False)
+
+
+def _map_models(node: Any, fn: Any) -> Any:
+    """``node`` (plain dicts and lists) with every ``model`` value ``v`` replaced by ``fn(v)``."""
+    if isinstance(node, dict):
+        return {k: (fn(v) if k == "model" else _map_models(v, fn)) for k, v in node.items()}
+    return [_map_models(v, fn) for v in node] if isinstance(node, list | tuple) else node
+
+
+def _plain(node: Any) -> Any:
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return {k: _plain(v) for k, v in node.items()} if isinstance(node, dict) else node
+
+
+def with_model(settings: Any, model: str | None) -> dict[str, Any]:
+    """``settings`` as plain data, every ``model: null`` of its ranker (and of the rankers it fuses) set to ``model``."""
+    return _map_models(_plain(settings), lambda v: model if v is None else v)
+
+
+def models_of(settings: dict[str, Any]) -> list[str]:
+    """The encoder checkpoints the settings' rankers embed with (``model`` values, in order)."""
+    found: list[str] = []
+    _map_models(settings, lambda v: found.append(v) if isinstance(v, str) and v not in found else None)
+    return found
+
+
+def export_settings(settings: dict[str, Any], export: Path) -> dict[str, Any]:
+    """Write ``settings`` into ``export`` for ``fm-complete --repo``, with a copy of every encoder the
+    rankers embed with (``ranker_model<i>/``, named in the JSON relative to the export), so the
+    export stands alone."""
+    import json
+
+    from fm_core.export import load_pretrained, save_pretrained
+
+    moved = {}
+    for i, model in enumerate(models_of(settings)):
+        net, tok = load_pretrained(model)
+        save_pretrained(export / f"ranker_model{i}", net, tok,
+                        metadata={"role": "repo_retrieval ranker", "source": str(model)})
+        moved[model] = f"ranker_model{i}"
+    out = _map_models(_plain(settings), lambda v: moved.get(v, v))
+    (export / SETTINGS_FILE).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
 class RepoRetriever:
-    """BM25 over a set of files, searched with one file excluded. Every option is required: the
-    defaults live in ``conf/task/code_completion.yaml`` (``repo_retrieval:``)."""
+    """Chunks of a set of files ranked by ``ranker`` (``conf/code_ranker/``), searched with one file
+    excluded. Every option is required: the defaults live in ``conf/task/code_completion.yaml``
+    (``repo_retrieval:``)."""
 
     def __init__(self, *, chunk_lines: int, stride: int, query_lines: int, top_k: int, budget_tokens: int,
-                 iterations: int):
+                 iterations: int, ranker: Any):
         if min(chunk_lines, stride, query_lines, top_k, iterations) < 1 or budget_tokens < 0:
             raise ValueError("repo_retrieval: chunk_lines, stride, query_lines, top_k and iterations must be >= 1 "
                              "and budget_tokens >= 0")
         self.chunk_lines, self.stride, self.query_lines = chunk_lines, stride, query_lines
         self.top_k, self.budget_tokens, self.iterations = top_k, budget_tokens, iterations
+        self.ranker_spec, self.ranker = ranker, None
         self.chunks: list[Chunk] = []
 
     def index(self, files: dict[str, str]) -> RepoRetriever:
-        import bm25s
-
+        """Chunk ``files``; the ranker indexes them when first searched."""
         self.chunks = [c for name, text in files.items() for c in chunks_of(name, text, self.chunk_lines, self.stride)]
         self.files = np.array([c.file for c in self.chunks])
-        self.bm25 = bm25s.BM25()
-        if self.chunks:
-            self.bm25.index([code_tokens(c.text) or ["<empty>"] for c in self.chunks], show_progress=False)
+        self.ranker = None
         return self
 
-    def query(self, prefix: str) -> list[str]:
-        return code_tokens("\n".join(prefix.split("\n")[-self.query_lines:])) or ["<empty>"]
+    def query(self, prefix: str) -> str:
+        return "\n".join(prefix.split("\n")[-self.query_lines:])
 
     def search(self, queries: Sequence[str], exclude: str) -> list[list[Chunk]]:
         """The ``top_k`` chunks for each query text, none from the file ``exclude``."""
-        keep = (self.files != exclude).astype(np.float32) if self.chunks else np.zeros(0, np.float32)
+        keep = (self.files != exclude) if self.chunks else np.zeros(0, bool)
         k = min(self.top_k, int(keep.sum()))
         if k == 0 or not queries:
             return [[] for _ in queries]
-        ids, scores = self.bm25.retrieve([self.query(q) for q in queries], k=k, show_progress=False,
-                                         weight_mask=keep, n_threads=1)
-        return [[self.chunks[int(i)] for i, s in zip(row, srow, strict=True) if s > 0]
-                for row, srow in zip(ids, scores, strict=True)]
+        if self.ranker is None:
+            self.ranker = make_ranker(self.ranker_spec)
+            self.ranker.fit([c.text for c in self.chunks])
+        return [[self.chunks[i] for i in row] for row in self.ranker.rank([self.query(q) for q in queries], k, keep)]
 
     def preamble(self, chunks: Sequence[Chunk], tok: Any) -> str:
         """The retrieved chunks (best first) that fit ``budget_tokens`` whole, best placed last (nearest
@@ -226,7 +372,11 @@ class RepoContext:
             raise CompletionError(f"--repo {directory}: not a directory")
         self.root = Path(directory).resolve()
         files, self.skipped = read_repo(directory)
-        self.retriever = RepoRetriever(**json.loads(settings.read_text())).index(files)
+        args = json.loads(settings.read_text())
+        args.setdefault("ranker", {"_target_": f"{__name__}.BM25Ranker"})  # written before rankers were chosen
+        root = Path(checkpoint)  # an encoder copied beside the export is named relative to it
+        args = _map_models(args, lambda v: str(root / v) if isinstance(v, str) and (root / v).exists() else v)
+        self.retriever = RepoRetriever(**args).index(files)
         self.tok, self.files = tok, len(files)
 
     def preamble(self, prefix: str, file: str | None) -> str:
@@ -239,5 +389,6 @@ class RepoContext:
         return self.retriever.preamble(found, self.tok)
 
 
-__all__ = ["SETTINGS_FILE", "Chunk", "RepoContext", "RepoRetriever", "TrainingContext", "by_package", "chunks_of",
-           "code_tokens", "evaluate_repo", "package_of", "preambles", "read_repo"]
+__all__ = ["SETTINGS_FILE", "BM25Ranker", "Chunk", "EmbeddingRanker", "FusionRanker", "RepoContext", "RepoRetriever",
+           "TrainingContext", "by_package", "chunks_of", "code_tokens", "evaluate_repo", "export_settings",
+           "make_ranker", "models_of", "package_of", "preambles", "read_repo", "with_model"]

@@ -89,7 +89,14 @@ class CodeCompletionTask:
         (val,) = trainer.validate(module, datamodule=dm, verbose=False)
         return {f"{name}/fim_val_loss": float(val[f"{name}/val/loss"])}
 
-    def training_context(self, tok: FIMTokenizer, train: ShardDataset, budget: Subset) -> dict[str, Any]:
+    def retrieval_settings(self, init_from: str | None) -> dict[str, Any]:
+        """``repo_retrieval`` as plain data, an embedding ranker's ``model: null`` set to the run's backbone."""
+        from tasks.code_completion.repo_retrieval import with_model
+
+        return with_model(self.repo_retrieval, init_from)
+
+    def training_context(self, tok: FIMTokenizer, train: ShardDataset, budget: Subset,
+                         init_from: str | None = None) -> dict[str, Any]:
         """FIMDataModule's retrieved-context arguments: with ``repo_retrieval`` set and
         ``retrieval_train_rate`` > 0, that share of the training windows gets the chunks of the other
         budget files of its package ahead of the text (``TrainingContext``), in the evaluation's token
@@ -100,7 +107,7 @@ class CodeCompletionTask:
         from tasks.code_completion.repo_retrieval import TrainingContext
 
         texts = {int(i): tok.decode(train.array(int(i))) for i in budget.indices}
-        context = TrainingContext(dict(self.repo_retrieval), train.column("path"), texts, tok)
+        context = TrainingContext(self.retrieval_settings(init_from), train.column("path"), texts, tok)
         return {"context": context, "context_rate": float(self.retrieval_train_rate), "context_tokens": tokens}
 
     def run(self, run: FinetuneRun) -> dict[str, Any]:
@@ -118,7 +125,7 @@ class CodeCompletionTask:
         train = ShardDataset(Path(self.data_dir) / "train")
         budget = label_budget(train.column("path"), self.train_size, run.seed)  # whole files (fm_core.label_budget)
         metrics.update(budget.metrics)
-        context = self.training_context(tok, train, budget)  # the same retrieved context for every system
+        context = self.training_context(tok, train, budget, run.init_from)  # the same for every system
         metrics["fim/retrieval_train_rate"] = float(context.get("context_rate", 0.0))
         for key, model in systems.items():
             metrics.update(self.adapt(run, model, tok, key, budget, context))
@@ -163,7 +170,8 @@ class CodeCompletionTask:
         if run.init_from:
             metrics.update(beats_baselines(results))
         if self.repo_retrieval is not None:
-            metrics.update(self.run_repo_retrieval(completers, lines, line_preds, tok, export, run.seed))
+            metrics.update(self.run_repo_retrieval(completers, lines, line_preds, tok, export, run.seed,
+                                                   run.init_from))
         metrics.update(self.write_line_predictions(Path(run.run_dir), lines, line_preds, run.seed))
         print(table(results))
         if self.humaneval is not None:
@@ -196,15 +204,16 @@ class CodeCompletionTask:
 
     def run_repo_retrieval(self, completers: dict[str, Completer], lines: list[ev.LineCase],
                            line_preds: dict[str, list[str]], tok: FIMTokenizer, export: Path | None,
-                           seed: int) -> dict[str, Any]:
+                           seed: int, init_from: str | None = None) -> dict[str, Any]:
         """Repository-level retrieval (``tasks.code_completion.repo_retrieval``) on the evaluation line
         prompts: every system with the same retrieved chunks (``<system>+repo``, added to
-        ``line_preds``), line scores and paired intervals; the settings are exported for ``fm-complete --repo``."""
-        from tasks.code_completion.repo_retrieval import SETTINGS_FILE, evaluate_repo
+        ``line_preds``), line scores and paired intervals; the settings (and an embedding ranker's encoder)
+        are exported for ``fm-complete --repo``."""
+        from tasks.code_completion.repo_retrieval import evaluate_repo, export_settings
 
         names = [str(x) for x in ShardDataset(Path(self.data_dir) / self.eval_split).column("path")]
         texts = self.texts(tok, self.eval_split)
-        args = dict(self.repo_retrieval)
+        args = self.retrieval_settings(init_from)
         preds, metrics = evaluate_repo(completers, args, lines, names, texts, tok, batch_size=self.batch_size,
                                        line_tokens=ev.LINE_TOKENS)
         line_preds.update(preds)
@@ -213,7 +222,7 @@ class CodeCompletionTask:
             metrics.update({f"line/{m}/{key}": v for m, v in ev.line_scores(got, targets).items()})
         metrics.update(repo_comparisons(line_preds, targets, seed))
         if export is not None:
-            (export / SETTINGS_FILE).write_text(json.dumps(args, indent=2) + "\n")
+            export_settings(args, export)
         return metrics
 
     def run_humaneval(self, completers: dict[str, Completer], seed: int) -> dict[str, float]:
