@@ -405,7 +405,8 @@ def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
                    "task.max_length=128", "task.max_tokens=1024", "task.steps=4", "task.line_prompts=60",
                    "task.fim_prompts=20", "task.functions=8", "task.ngram_order=3", "logger=csv",
                    "task.decoding_prompts=10", "task.humaneval.problems=3", "task.humaneval.samples=2",
-                   "task.humaneval.ks=[1]", "trainer.enable_progress_bar=false", f"paths.run_dir={tmp_path / 'ft'}"],
+                   "task.humaneval.ks=[1]", "task.rerank_candidates=4", "trainer.enable_progress_bar=false",
+                   f"paths.run_dir={tmp_path / 'ft'}"],
                   config_name="finetune")
     metrics = finetune(cfg)
     # HumanEval on a 3-problem subset: the harness passes its canonical solutions, every system scored
@@ -432,6 +433,10 @@ def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
     for system in ("model+retrieval", "random_init+retrieval"):
         assert 0 <= on_disk[f"line/edit_sim/{system}"] <= 100 and 0 <= on_disk[f"retrieval/taken/{system.split('+')[0]}"] <= 100
     assert on_disk["data/gate_prompts"] > 0 and (Path(metrics["export"]) / "retrieval_gate.json").is_file()
+    # candidate reranking: every system and the scorer without a language model, on the same prompts
+    for system in ("model+rerank", "random_init+rerank", "ngram3+rerank", "copy_line+rerank"):
+        assert 0 <= on_disk[f"line/edit_sim/{system}"] <= 100
+    assert on_disk["data/rerank_fit_prompts"] > 0 and "beats_baselines_rerank/line/edit_sim" in on_disk
     capsys.readouterr()
     assert main(["--checkpoint", metrics["export"], "--file", str(src / "heapq.py"), "--line", "9", "--column", "0",
                  "--retrieval"]) == 0

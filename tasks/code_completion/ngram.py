@@ -13,6 +13,7 @@ It implements ``fm_core.decoding.NextTokenModel`` so the same decoding loop driv
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,3 +74,20 @@ class NgramLM:
         keep = self.order - 1
         self.contexts = [(c + [int(t)])[-keep:] if keep else [] for c, t in zip(self.contexts, tokens.tolist(), strict=True)]
         return self._batch()
+
+    def line_logprobs(self, completer: Any, prompts: Sequence[Any], lines: Sequence[str]) -> list[tuple[float, int]]:
+        """``log p(line, end of line | prompt)`` and the line's token count (as
+        ``retrieval.line_logprobs`` for a neural model): each step's scores normalised to a
+        distribution; the end of line is the mass of tokens that start with a newline."""
+        newline = np.array([t.startswith("\n") for t in completer.texts])
+        out = []
+        for p, line in zip(prompts, lines, strict=True):
+            ids = list(map(int, completer.tok.encode(p.healed + line))) if p.healed + line else []
+            context, total = list(p.ids), 0.0
+            for t in ids:
+                s = self.scores(context)
+                total += float(np.log(s[t] / s.sum()))
+                context.append(t)
+            s = self.scores(context)
+            out.append((total + float(np.log(s[newline].sum() / s.sum())), len(ids)))
+        return out

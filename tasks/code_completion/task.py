@@ -62,7 +62,7 @@ class CodeCompletionTask:
                  line_prompts: int, fim_prompts: int, functions: int, ngram_order: int, batch_size: int,
                  random_init_baseline: bool, threads: int, retrieval: bool, gate_prompts: int, gate_split: str,
                  train_size: int | float | None, humaneval: Any, decoding_prompts: int, decoding_grid: list[Any],
-                 repo_retrieval: Any, retrieval_train_rate: float):
+                 repo_retrieval: Any, retrieval_train_rate: float, rerank_candidates: int):
         self.__dict__.update({k: v for k, v in locals().items() if k != "self"})
         require_positive("task", steps=steps, lr=lr, max_length=max_length, max_tokens=max_tokens,
                          batch_size=batch_size, ngram_order=ngram_order, line_prompts=line_prompts,
@@ -172,6 +172,8 @@ class CodeCompletionTask:
         if self.repo_retrieval is not None:
             metrics.update(self.run_repo_retrieval(completers, lines, line_preds, tok, export, run.seed,
                                                    run.init_from))
+        if self.rerank_candidates:
+            metrics.update(self.run_rerank(completers, lines, line_preds, tok, run.seed, run.init_from))
         metrics.update(self.write_line_predictions(Path(run.run_dir), lines, line_preds, run.seed))
         print(table(results))
         if self.humaneval is not None:
@@ -223,6 +225,36 @@ class CodeCompletionTask:
         metrics.update(repo_comparisons(line_preds, targets, seed))
         if export is not None:
             export_settings(args, export)
+        return metrics
+
+    def run_rerank(self, completers: dict[str, Completer], lines: list[ev.LineCase],
+                   line_preds: dict[str, list[str]], tok: FIMTokenizer, seed: int,
+                   init_from: str | None = None) -> dict[str, Any]:
+        """Candidate reranking (``tasks.code_completion.rerank``) on the evaluation line prompts: retrieval
+        (the repository chunks of ``repo_retrieval`` + the prefix; the prefix alone without it) proposes
+        ``rerank_candidates`` lines, each system adds its own, a scorer fitted on ``gate_prompts`` prompts
+        of ``gate_split`` chooses (``<system>+rerank``, and ``copy_line+rerank`` with no language model);
+        line scores and paired intervals of the model against the best other systems."""
+        from tasks.code_completion.repo_retrieval import preambles
+        from tasks.code_completion.rerank import evaluate_rerank
+
+        def retrieved(split: str, cases: list[ev.LineCase]) -> list[str]:
+            if self.repo_retrieval is None:
+                return [""] * len(cases)
+            names = [str(x) for x in ShardDataset(Path(self.data_dir) / split).column("path")]
+            return preambles(self.retrieval_settings(init_from), cases, names, self.texts(tok, split), tok)[0]
+
+        fit_cases = ev.line_cases(self.texts(tok, self.gate_split), self.gate_prompts, seed + 3)
+        own = {k: line_preds[f"{k}+repo" if self.repo_retrieval is not None else k] for k in completers}
+        preds = evaluate_rerank(completers, fit_cases, retrieved(self.gate_split, fit_cases), lines,
+                                retrieved(self.eval_split, lines), own, candidates=int(self.rerank_candidates),
+                                batch_size=self.batch_size, line_tokens=ev.LINE_TOKENS, seed=seed)
+        line_preds.update(preds)
+        targets = [c.target for c in lines]
+        metrics: dict[str, Any] = {"data/rerank_fit_prompts": len(fit_cases)}
+        for key, got in preds.items():
+            metrics.update({f"line/{m}/{key}": v for m, v in ev.line_scores(got, targets).items()})
+        metrics.update(rerank_comparisons(line_preds, targets, seed))
         return metrics
 
     def run_humaneval(self, completers: dict[str, Completer], seed: int) -> dict[str, float]:
@@ -329,4 +361,31 @@ def repo_comparisons(preds: dict[str, list[str]], targets: list[str], seed: int)
                 out.update({f"paired/line/{metric}/{a}-{b}/{k}": v for k, v in boot.items()})
         if neural and plain:
             out[f"beats_baselines_repo/line/{metric}"] = bool(out[f"paired/line/{metric}/{best_n}-{best_p}/ci95_low"] > 0)
+    return out
+
+
+def rerank_comparisons(preds: dict[str, list[str]], targets: list[str], seed: int) -> dict[str, Any]:
+    """Paired bootstrap intervals on the same prompts, per line metric: the best neural system with
+    retrieval (``+repo`` or ``+rerank``) against the best non-neural one with the same retrieval
+    (``beats_baselines_rerank``: the interval lies above zero), the model against its twin when both
+    rerank, and the model's reranking against the scorer with no language model and against copy-line + repo."""
+    with_retrieval = [k for k in preds if k.endswith(("+repo", "+rerank"))]
+    scores = {k: ev.per_prompt_scores(preds[k], targets) for k in with_retrieval}
+    neural = [k for k in scores if k.split("+")[0] in ("model", "random_init")]
+    plain = [k for k in scores if k not in neural]
+    out: dict[str, Any] = {}
+    for metric in ("exact_match", "edit_sim"):
+        pairs = [("model+rerank", "random_init+rerank"), ("model+rerank", "copy_line+rerank"),
+                 ("model+rerank", "copy_line+repo")]
+        if neural and plain:
+            best_n = max(neural, key=lambda k: scores[k][metric].mean())
+            best_p = max(plain, key=lambda k: scores[k][metric].mean())
+            pairs.append((best_n, best_p))
+        for a, b in dict.fromkeys(pairs):
+            if a in scores and b in scores:
+                boot = ev.paired_bootstrap(scores[a][metric], scores[b][metric], seed=seed)
+                out.update({f"paired/line/{metric}/{a}-{b}/{k}": v for k, v in boot.items()})
+        if neural and plain:
+            out[f"beats_baselines_rerank/line/{metric}"] = bool(
+                out[f"paired/line/{metric}/{best_n}-{best_p}/ci95_low"] > 0)
     return out
