@@ -437,6 +437,8 @@ def test_pretrain_then_code_completion_end_to_end(compose, tmp_path, capsys):
     for system in ("model+rerank", "random_init+rerank", "ngram3+rerank", "copy_line+rerank"):
         assert 0 <= on_disk[f"line/edit_sim/{system}"] <= 100
     assert on_disk["data/rerank_fit_prompts"] > 0 and "beats_baselines_rerank/line/edit_sim" in on_disk
+    assert main(["--checkpoint", metrics["export"], "--file", str(src / "heapq.py"), "--line", "9", "--column", "0",
+                 "--rerank"]) == 0  # with the scorer the run exported
     capsys.readouterr()
     assert main(["--checkpoint", metrics["export"], "--file", str(src / "heapq.py"), "--line", "9", "--column", "0",
                  "--retrieval"]) == 0

@@ -124,9 +124,10 @@ def test_evaluate_rerank_picks_among_each_systems_candidates_and_compares_them()
     ngram = NgramLM(bpe.vocab_size, 3).fit([np.asarray(bpe.encode(t)) for t in files[:8]], bpe.bos_id)
     completers = {"model": Completer(NeuralLM(net), bpe, 128), "ngram3": Completer(ngram, bpe, 128)}
     fit_cases, cases = line_cases(files[:8], 30, 0), line_cases(files[8:], 12, 1)
-    preds = rerank.evaluate_rerank(completers, fit_cases, [""] * len(fit_cases), cases, [""] * len(cases), {},
-                                   candidates=4, batch_size=8, line_tokens=8, seed=0)
+    preds, scorers = rerank.evaluate_rerank(completers, fit_cases, [""] * len(fit_cases), cases, [""] * len(cases), {},
+                                            candidates=4, batch_size=8, line_tokens=8, seed=0)
     assert set(preds) == {"copy_line+rerank", "model+rerank", "ngram3+rerank"}
+    assert set(scorers) == {"copy_line", "model", "ngram3"} and scorers["copy_line"].features == rerank.RETRIEVAL_ONLY
     from tasks.code_completion.evaluate import greedy
 
     own = {f"{k}+rerank": greedy(c, [c.prompt(x.prefix) for x in cases], "line", 8, 8) for k, c in completers.items()}
@@ -143,3 +144,50 @@ def test_evaluate_rerank_picks_among_each_systems_candidates_and_compares_them()
     diff = line_scores(preds["model+rerank"], targets)["edit_sim"] - line_scores(preds["copy_line+rerank"], targets)["edit_sim"]
     assert out["paired/line/edit_sim/model+rerank-copy_line+rerank/mean"] == pytest.approx(diff)
     assert isinstance(out["beats_baselines_rerank/line/exact_match"], bool)
+
+
+class Evil:
+    """Not a boosted tree: a saved scorer holding it must be refused."""
+
+
+def test_a_saved_scorer_round_trips_and_fm_complete_reranks_with_it(tmp_path, capsys):
+    import json
+
+    import skops.io
+    import torch
+
+    from code_fm.bpe import train_bpe
+    from fm_core.config import EncoderConfig
+    from fm_core.export import save_pretrained
+    from fm_core.model import MaskedLM
+    from tasks.code_completion.complete import main
+
+    rng = np.random.default_rng(0)
+    X, gain = rng.normal(size=(60, len(rerank.FEATURES))), rng.uniform(0, 100, size=60)
+    scorer = rerank.Reranker().fit(X, gain)
+    text = "def f(x):\n    y = x + 1\n    return y\n\ndef g(x):\n    y = x + 2\n    return y\n\ndef h(x):\n"
+    bpe = train_bpe([text] * 4, vocab_size=280, min_frequency=1)
+    torch.manual_seed(0)
+    net = MaskedLM(EncoderConfig.from_name("tiny", vocab_size=bpe.vocab_size, pad_id=bpe.pad_id, mask_id=bpe.mask_id,
+                                           causal=True, max_length=64))
+    export = save_pretrained(tmp_path / "m", net, bpe)
+    src = tmp_path / "a.py"
+    src.write_text(text)  # the cursor at the end: no text after it, so the own line is the same either way
+    args = ["--checkpoint", str(export), "--file", str(src), "--line", "10", "--column", "0", "--rerank",
+            "--max-new-tokens", "4"]
+    assert main(args) == 2 and f"no {rerank.SCORER_FILE}" in capsys.readouterr().err
+    scorer.save(export, candidates=3, fitted_on=7)
+    loaded, n = rerank.Reranker.load(export)
+    assert n == 3 and np.allclose(loaded.model.predict(X[:5]), scorer.model.predict(X[:5]))
+    assert main(args) == 0
+    got = capsys.readouterr().out.rstrip("\n")
+    assert main(args[:-3] + ["--max-new-tokens", "4"]) == 0  # the model's own line, without --rerank
+    own = capsys.readouterr().out.rstrip("\n")
+    assert got in [p[0] for p in rerank.proposals(text, 3)] + [own]
+    assert main([*args, "--retrieval"]) == 2 and "give one" in capsys.readouterr().err
+    assert main([*args, "--mode", "block"]) == 2 and "--rerank works in --mode line" in capsys.readouterr().err
+    skops.io.dump({"model": Evil()}, export / rerank.SCORER_FILE)  # a scorer file holding another type
+    with pytest.raises(ValueError, match="not a boosted tree"):
+        rerank.Reranker.load(export)
+    settings = json.loads((export / rerank.SETTINGS_FILE).read_text())
+    assert settings == {"features": list(rerank.FEATURES), "candidates": 3, "fitted_on": 7}

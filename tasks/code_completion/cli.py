@@ -42,7 +42,12 @@ def parser() -> argparse.ArgumentParser:
                    help="line mode, greedy: let the model choose between its own line and the line retrieved from "
                         "earlier in the file (tasks.code_completion.retrieval, with the gate the task exported); the text "
                         "after the cursor is not used")
-    p.add_argument("--repo", help="repository directory: BM25 chunks of its other source files go ahead of the "
+    p.add_argument("--rerank", action="store_true",
+                   help="line mode, greedy: retrieval (with --repo, its chunks too) proposes the lines after the most "
+                        "similar earlier lines, the model adds its own, and the scorer the task exported "
+                        "(task.rerank_candidates > 0) picks one (tasks.code_completion.rerank); the text after the "
+                        "cursor is not used")
+    p.add_argument("--repo", help="repository directory: retrieved chunks of its other source files go ahead of the "
                                   "prompt (the settings the task exported beside the model; --file is excluded)")
     p.add_argument("--serve", action="store_true",
                    help="load the model once, then answer JSON lines on stdin, one JSON line each on stdout: "

@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser().parse_args(argv))
 
 
-OPTIONS = ("mode", "max_new_tokens", "temperature", "top_p", "seed", "max_seconds", "retrieval")
+OPTIONS = ("mode", "max_new_tokens", "temperature", "top_p", "seed", "max_seconds", "retrieval", "rerank")
 
 
 def file_cursor(path: str, line: int | None, column: int | None) -> tuple[str, str]:
@@ -381,10 +381,15 @@ def answer(completer: Completer, checkpoint: str, prefix: str, suffix: str, opts
     the prompt), and the notes for the user."""
     if opts["mode"] not in MODES:
         raise CompletionError(f"mode must be one of {', '.join(MODES)}, got {opts['mode']!r}")
-    if opts["retrieval"] and (opts["mode"] != "line" or opts["temperature"] > 0):
-        raise CompletionError("--retrieval works in --mode line with greedy decoding (--temperature 0)")
-    # --retrieval: the gate was fitted on left-to-right prompts, so the text after the cursor is not used
-    prompt = completer.prompt(prefix, "" if opts["retrieval"] or not suffix.strip() else suffix, preamble=preamble)
+    rerank = opts.get("rerank", False)
+    for flag, on in (("--retrieval", opts["retrieval"]), ("--rerank", rerank)):
+        if on and (opts["mode"] != "line" or opts["temperature"] > 0):
+            raise CompletionError(f"{flag} works in --mode line with greedy decoding (--temperature 0)")
+    if opts["retrieval"] and rerank:
+        raise CompletionError("--retrieval and --rerank are two ways to choose a line: give one")
+    # --retrieval / --rerank: fitted on left-to-right prompts, so the text after the cursor is not used
+    left_only = opts["retrieval"] or rerank or not suffix.strip()
+    prompt = completer.prompt(prefix, "" if left_only else suffix, preamble=preamble)
     notes = []
     if prompt.truncated_from:
         notes.append(f"the prompt has {prompt.truncated_from} tokens; kept the most recent {len(prompt.ids)} "
@@ -400,6 +405,14 @@ def answer(completer: Completer, checkpoint: str, prefix: str, suffix: str, opts
         except (FileNotFoundError, ValueError) as err:
             raise CompletionError(f"checkpoint {err}") from err
         result.text = choose(gate, completer, [prefix], [result.text])[0]
+    if rerank:
+        from tasks.code_completion.rerank import Reranker, rerank_one
+
+        try:
+            scorer, candidates = Reranker.load(checkpoint)
+        except (FileNotFoundError, ValueError) as err:
+            raise CompletionError(f"checkpoint {err}") from err
+        result.text = rerank_one(scorer, candidates, completer, prompt, preamble + prefix, result.text)
     if result.stopped == "time":
         notes.append(f"stopped after {opts['max_seconds']:g} s (--max-seconds)")
     return result, notes

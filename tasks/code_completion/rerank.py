@@ -20,6 +20,7 @@ log-probabilities (``ngram<N>+rerank``): the non-neural systems with the same re
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,9 @@ from rapidfuzz import fuzz, process
 FEATURES = ("similarity", "rank", "votes", "own", "agreement", "empty", "tokens", "logp", "mean_logp",
             "logp_minus_best", "mean_logp_minus_best")
 RETRIEVAL_ONLY = FEATURES[:6]  # no language model (copy_line+rerank)
+SCORER_FILE, SETTINGS_FILE = "rerank_scorer.skops", "rerank.json"  # the model's scorer, exported for fm-complete
+# the one type a saved scorer may hold beyond what skops trusts by default (skops refuses anything else)
+TRUSTED = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
 
 
 def proposals(text: str, n: int) -> list[tuple[str, float, int, int]]:
@@ -83,6 +87,40 @@ class Reranker:
                                                    min_samples_leaf=20, random_state=self.seed)
         self.model.fit(self.columns(X), np.asarray(gain, float))
         return self
+
+    def save(self, directory: str | Path, candidates: int, fitted_on: int) -> Path:
+        """The fitted scorer (``skops``: no pickle) and its settings, beside an export for ``fm-complete --rerank``."""
+        import json
+
+        import skops.io
+
+        skops.io.dump(self.model, Path(directory) / SCORER_FILE)
+        path = Path(directory) / SETTINGS_FILE
+        path.write_text(json.dumps({"features": list(self.features), "candidates": int(candidates),
+                                    "fitted_on": int(fitted_on)}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple[Reranker, int]:
+        """A saved scorer and its candidate count; a scorer holding types other than a boosted tree's is refused."""
+        import json
+
+        import skops.io
+
+        path, settings = Path(directory) / SCORER_FILE, Path(directory) / SETTINGS_FILE
+        if not path.is_file() or not settings.is_file():
+            raise FileNotFoundError(f"{directory}: no {SCORER_FILE} / {SETTINGS_FILE} (fm-finetune task=code_completion "
+                                    f"writes them with task.rerank_candidates > 0)")
+        untrusted = [t for t in skops.io.get_untrusted_types(file=path) if t not in TRUSTED]
+        if untrusted:
+            raise ValueError(f"{path}: holds types that are not a boosted tree's: {untrusted}")
+        d = json.loads(settings.read_text())
+        unknown = [f for f in d["features"] if f not in FEATURES]
+        if unknown:
+            raise ValueError(f"{settings}: features {unknown} are not this version's {list(FEATURES)}")
+        ranker = cls(d["features"])
+        ranker.model = skops.io.load(path, trusted=list(TRUSTED))
+        return ranker, int(d["candidates"])
 
     def choose(self, groups: Sequence[np.ndarray]) -> list[int]:
         """The index of the best-predicted candidate of each group (-1 for an empty group)."""
@@ -154,42 +192,54 @@ def rows(completer: Any | None, prompts: Sequence[Any], texts: Sequence[str], ow
 
 def fit_and_choose(fit: tuple[list[list[tuple]], list[np.ndarray]], targets: Sequence[str],
                    apply: tuple[list[list[tuple]], list[np.ndarray]], feature_names: Sequence[str],
-                   seed: int) -> list[str]:
-    """Fit a ``Reranker`` on the candidates of ``fit`` (their edit similarity to ``targets``), then the
-    chosen line of each prompt of ``apply`` ("" where there is no candidate)."""
+                   seed: int) -> tuple[list[str], Reranker]:
+    """Fit a ``Reranker`` on the candidates of ``fit`` (their edit similarity to ``targets``); the
+    chosen line of each prompt of ``apply`` ("" where there is no candidate), and the scorer."""
     cands, X = fit
     gain = np.concatenate([[fuzz.ratio(c[0].strip(), t.strip()) for c in cs] for cs, t in zip(cands, targets, strict=True)]
                           or [np.zeros(0)])
     ranker = Reranker(feature_names, seed).fit(np.concatenate([x for x in X if len(x)]), gain)
+    return choose_lines(ranker, apply), ranker
+
+
+def choose_lines(ranker: Reranker, apply: tuple[list[list[tuple]], list[np.ndarray]]) -> list[str]:
     picks = ranker.choose(apply[1])
     return [cs[p][0] if p >= 0 else "" for cs, p in zip(apply[0], picks, strict=True)]
 
 
 def evaluate_rerank(completers: dict[str, Any], fit_cases: Sequence[Any], fit_pre: Sequence[str],
                     cases: Sequence[Any], pre: Sequence[str], own: dict[str, Sequence[str]], *, candidates: int,
-                    batch_size: int, line_tokens: int, seed: int) -> dict[str, list[str]]:
+                    batch_size: int, line_tokens: int, seed: int) -> tuple[dict[str, list[str]], dict[str, Reranker]]:
     """Line completions chosen by reranking (``<key>+rerank`` for each completer, ``copy_line+rerank``
     without a language model): the scorers are fitted on ``fit_cases`` (with their retrieved
     preambles ``fit_pre``; each system's own line there written greedily) and applied to ``cases``
-    (``pre``; the system's own line ``own[key]`` where given, else written greedily)."""
+    (``pre``; the system's own line ``own[key]`` where given, else written greedily); and the fitted scorers."""
     from tasks.code_completion.evaluate import greedy
 
     fit_text = [p + c.prefix for p, c in zip(fit_pre, fit_cases, strict=True)]
     text = [p + c.prefix for p, c in zip(pre, cases, strict=True)]
     fit_targets = [c.target for c in fit_cases]
-    out = {"copy_line+rerank": fit_and_choose(
+    out, scorers = {}, {}
+    out["copy_line+rerank"], scorers["copy_line"] = fit_and_choose(
         rows(None, [None] * len(fit_cases), fit_text, None, candidates, batch_size), fit_targets,
-        rows(None, [None] * len(cases), text, None, candidates, batch_size), RETRIEVAL_ONLY, seed)}
+        rows(None, [None] * len(cases), text, None, candidates, batch_size), RETRIEVAL_ONLY, seed)
     for key, comp in completers.items():
         fit_prompts = [comp.prompt(c.prefix, preamble=p) for c, p in zip(fit_cases, fit_pre, strict=True)]
         prompts = [comp.prompt(c.prefix, preamble=p) for c, p in zip(cases, pre, strict=True)]
         mine = own.get(key) or greedy(comp, prompts, "line", line_tokens, batch_size)
-        out[f"{key}+rerank"] = fit_and_choose(
+        out[f"{key}+rerank"], scorers[key] = fit_and_choose(
             rows(comp, fit_prompts, fit_text, greedy(comp, fit_prompts, "line", line_tokens, batch_size),
                  candidates, batch_size), fit_targets,
             rows(comp, prompts, text, mine, candidates, batch_size), FEATURES, seed)
-    return out
+    return out, scorers
 
 
-__all__ = ["FEATURES", "RETRIEVAL_ONLY", "Reranker", "candidate_sets", "evaluate_rerank", "features", "fit_and_choose", "proposals",
+def rerank_one(ranker: Reranker, candidates: int, completer: Any, prompt: Any, text: str, own: str) -> str:
+    """``fm-complete --rerank``: the chosen line for one prompt (``text``: retrieved chunks + prefix;
+    ``own``: the model's greedy line for ``prompt``)."""
+    return choose_lines(ranker, rows(completer, [prompt], [text], [own], candidates, 1))[0]
+
+
+__all__ = ["FEATURES", "RETRIEVAL_ONLY", "SCORER_FILE", "SETTINGS_FILE", "TRUSTED", "Reranker", "candidate_sets",
+           "choose_lines", "evaluate_rerank", "rerank_one", "features", "fit_and_choose", "proposals",
            "rows", "score_candidates"]

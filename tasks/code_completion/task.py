@@ -173,7 +173,7 @@ class CodeCompletionTask:
             metrics.update(self.run_repo_retrieval(completers, lines, line_preds, tok, export, run.seed,
                                                    run.init_from))
         if self.rerank_candidates:
-            metrics.update(self.run_rerank(completers, lines, line_preds, tok, run.seed, run.init_from))
+            metrics.update(self.run_rerank(completers, lines, line_preds, tok, run.seed, run.init_from, export))
         metrics.update(self.write_line_predictions(Path(run.run_dir), lines, line_preds, run.seed))
         print(table(results))
         if self.humaneval is not None:
@@ -229,12 +229,13 @@ class CodeCompletionTask:
 
     def run_rerank(self, completers: dict[str, Completer], lines: list[ev.LineCase],
                    line_preds: dict[str, list[str]], tok: FIMTokenizer, seed: int,
-                   init_from: str | None = None) -> dict[str, Any]:
+                   init_from: str | None = None, export: Path | None = None) -> dict[str, Any]:
         """Candidate reranking (``tasks.code_completion.rerank``) on the evaluation line prompts: retrieval
         (the repository chunks of ``repo_retrieval`` + the prefix; the prefix alone without it) proposes
         ``rerank_candidates`` lines, each system adds its own, a scorer fitted on ``gate_prompts`` prompts
         of ``gate_split`` chooses (``<system>+rerank``, and ``copy_line+rerank`` with no language model);
-        line scores and paired intervals of the model against the best other systems."""
+        line scores and paired intervals of the model against the best other systems; the model's scorer
+        is saved in ``export`` for ``fm-complete --rerank``."""
         from tasks.code_completion.repo_retrieval import preambles
         from tasks.code_completion.rerank import evaluate_rerank
 
@@ -246,9 +247,13 @@ class CodeCompletionTask:
 
         fit_cases = ev.line_cases(self.texts(tok, self.gate_split), self.gate_prompts, seed + 3)
         own = {k: line_preds[f"{k}+repo" if self.repo_retrieval is not None else k] for k in completers}
-        preds = evaluate_rerank(completers, fit_cases, retrieved(self.gate_split, fit_cases), lines,
-                                retrieved(self.eval_split, lines), own, candidates=int(self.rerank_candidates),
-                                batch_size=self.batch_size, line_tokens=ev.LINE_TOKENS, seed=seed)
+        preds, scorers = evaluate_rerank(completers, fit_cases, retrieved(self.gate_split, fit_cases), lines,
+                                         retrieved(self.eval_split, lines), own,
+                                         candidates=int(self.rerank_candidates), batch_size=self.batch_size,
+                                         line_tokens=ev.LINE_TOKENS, seed=seed)
+        exported = "model" if "model" in scorers else "random_init"  # the system in the export
+        if export is not None and exported in scorers:  # its scorer, for fm-complete --rerank
+            scorers[exported].save(export, int(self.rerank_candidates), len(fit_cases))
         line_preds.update(preds)
         targets = [c.target for c in lines]
         metrics: dict[str, Any] = {"data/rerank_fit_prompts": len(fit_cases)}
