@@ -163,6 +163,10 @@ def test_fim_tokenizer_is_a_type_and_the_task_takes_every_option_from_its_yaml(b
     options = {k: v for k, v in cfg.items() if k not in ("name", "_target_")}
     with pytest.raises(ConfigError, match="task.retrieval_train_rate=1.5"):
         CodeCompletionTask(**{**options, "retrieval_train_rate": 1.5})
+    with pytest.raises(ConfigError, match="task.rerank_candidates=-1"):
+        CodeCompletionTask(**{**options, "rerank_candidates": -1})
+    with pytest.raises(ConfigError, match=r"gate_prompts >= 1 .*got 0"):
+        CodeCompletionTask(**{**options, "rerank_candidates": 8, "gate_prompts": 0, "retrieval": False})
     assert CodeCompletionTask(**{**options, "repo_retrieval": None}).training_context(bpe, None, None) == {}
 
 

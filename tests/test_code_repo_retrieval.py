@@ -244,3 +244,41 @@ def test_an_embedding_rankers_encoder_travels_with_the_export(bpe, encoder, tmp_
     direct = RepoRetriever(**settings).index(FILES)
     assert ctx.preamble(prefix, str(repo / "pkg/parser.py")) == direct.preamble(
         direct.search([prefix], exclude="pkg/parser.py")[0], bpe) != ""
+
+
+def test_fusion_of_real_rankers_on_a_repository_smaller_than_its_depth(bpe, encoder):
+    """A fusion asks each ranker for its depth (50) best; BM25 over a 6-chunk repository must not fail."""
+    fusion = {"_target_": "tasks.code_completion.repo_retrieval.FusionRanker", "k": 60, "depth": 50,
+              "rankers": [BM25, embedding(encoder)]}
+    r = RepoRetriever(**{**SETTINGS, "ranker": fusion}).index(FILES)
+    assert len(r.chunks) < 50
+    query = "class Parser:\n    def run(self, stream):\n        tok = parse_token(stream)\n"
+    (found,) = r.search([query], exclude="pkg/parser.py")
+    assert found and all(c.file != "pkg/parser.py" for c in found)
+    assert found[0].file == "pkg/tokens.py"  # first for BM25, and fused first
+
+
+def test_only_this_modules_rankers_are_built(tmp_path, bpe, capsys):
+    """A settings file naming another callable is refused before anything is imported or called."""
+    from tasks.code_completion.complete import main
+    from tasks.code_completion.repo_retrieval import make_ranker
+
+    evil = {"_target_": "builtins.print", "_args_": ["called"]}
+    with pytest.raises(ValueError, match="choose one of"):
+        make_ranker(evil)
+    with pytest.raises(ValueError, match="choose one of"):
+        RepoRetriever(**{**SETTINGS, "ranker": {"_target_": "tasks.code_completion.repo_retrieval.FusionRanker",
+                                                "k": 1, "depth": 1, "rankers": [evil]}})
+    from fm_core.config import EncoderConfig
+    from fm_core.export import save_pretrained
+    from fm_core.model import MaskedLM
+
+    net = MaskedLM(EncoderConfig.from_name("tiny", vocab_size=bpe.vocab_size, pad_id=bpe.pad_id, mask_id=bpe.mask_id,
+                                           causal=True, max_length=64))
+    export = save_pretrained(tmp_path / "m", net, bpe)
+    (export / SETTINGS_FILE).write_text(json.dumps({**SETTINGS, "ranker": evil}))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("x = 1\n")
+    assert main(["--checkpoint", str(export), "--repo", str(repo), "--file", str(repo / "a.py")]) == 2
+    assert "'builtins.print': choose one of" in capsys.readouterr().err

@@ -85,6 +85,7 @@ class BM25Ranker:
         self.bm25.index([code_tokens(t) or ["<empty>"] for t in texts], show_progress=False)
 
     def rank(self, queries: Sequence[str], k: int, keep: np.ndarray) -> list[list[int]]:
+        k = min(k, len(keep))  # bm25s refuses a k above the number of chunks (a fusion's depth can be)
         ids, scores = self.bm25.retrieve([code_tokens(q) or ["<empty>"] for q in queries], k=k, show_progress=False,
                                          weight_mask=keep.astype(np.float32), n_threads=1)
         return [[int(i) for i, s in zip(row, srow, strict=True) if s > 0] for row, srow in zip(ids, scores, strict=True)]
@@ -158,14 +159,19 @@ class FusionRanker:
 
 
 def make_ranker(spec: Any) -> Any:
-    """A ranker from its config (a mapping with ``_target_``: ``conf/code_ranker/``), or the ranker itself."""
-    from hydra.utils import instantiate
+    """A ranker from its config (a mapping with ``_target_``: ``conf/code_ranker/``), or the ranker itself.
+    Only this module's rankers are built: a settings file (an export's ``repo_retrieval.json``) naming any
+    other callable is refused, never imported."""
     from omegaconf import DictConfig
 
     if not isinstance(spec, dict | DictConfig):
         return spec
-
-    return instantiate(spec, _recursive_=False)
+    spec = _plain(spec)
+    rankers = {f"{__name__}.{c.__name__}": c for c in (BM25Ranker, EmbeddingRanker, FusionRanker)}
+    target = spec.get("_target_")
+    if target not in rankers:
+        raise ValueError(f"repo_retrieval ranker {target!r}: choose one of {sorted(rankers)}")
+    return rankers[target](**{k: v for k, v in spec.items() if k != "_target_"})
 
 
 def _map_models(node: Any, fn: Any) -> Any:
@@ -226,6 +232,7 @@ class RepoRetriever:
                              "and budget_tokens >= 0")
         self.chunk_lines, self.stride, self.query_lines = chunk_lines, stride, query_lines
         self.top_k, self.budget_tokens, self.iterations = top_k, budget_tokens, iterations
+        make_ranker(ranker)  # refuses an unknown ranker now, not at the first search
         self.ranker_spec, self.ranker = ranker, None
         self.chunks: list[Chunk] = []
 
@@ -376,7 +383,10 @@ class RepoContext:
         args.setdefault("ranker", {"_target_": f"{__name__}.BM25Ranker"})  # written before rankers were chosen
         root = Path(checkpoint)  # an encoder copied beside the export is named relative to it
         args = _map_models(args, lambda v: str(root / v) if isinstance(v, str) and (root / v).exists() else v)
-        self.retriever = RepoRetriever(**args).index(files)
+        try:
+            self.retriever = RepoRetriever(**args).index(files)
+        except (TypeError, ValueError) as err:
+            raise CompletionError(f"{settings}: {err}") from err
         self.tok, self.files = tok, len(files)
 
     def preamble(self, prefix: str, file: str | None) -> str:

@@ -196,6 +196,8 @@ def fit_and_choose(fit: tuple[list[list[tuple]], list[np.ndarray]], targets: Seq
     """Fit a ``Reranker`` on the candidates of ``fit`` (their edit similarity to ``targets``); the
     chosen line of each prompt of ``apply`` ("" where there is no candidate), and the scorer."""
     cands, X = fit
+    if not any(len(x) for x in X):
+        raise ValueError("rerank: no candidate line on any fit prompt (retrieval found nothing to propose)")
     gain = np.concatenate([[fuzz.ratio(c[0].strip(), t.strip()) for c in cs] for cs, t in zip(cands, targets, strict=True)]
                           or [np.zeros(0)])
     ranker = Reranker(feature_names, seed).fit(np.concatenate([x for x in X if len(x)]), gain)

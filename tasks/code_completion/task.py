@@ -67,6 +67,9 @@ class CodeCompletionTask:
         require_positive("task", steps=steps, lr=lr, max_length=max_length, max_tokens=max_tokens,
                          batch_size=batch_size, ngram_order=ngram_order, line_prompts=line_prompts,
                          gate_prompts=gate_prompts if retrieval else None)
+        if rerank_candidates < 0 or (rerank_candidates and gate_prompts < 1):
+            raise ConfigError(f"task.rerank_candidates={rerank_candidates}: 0 (off) or the lines proposed per prompt, "
+                              f"with task.gate_prompts >= 1 to fit the scorer on (got {gate_prompts})")
         if not 0 <= retrieval_train_rate <= 1:
             raise ConfigError(f"task.retrieval_train_rate={retrieval_train_rate}: a share of the training windows, "
                               f"in [0, 1]")
@@ -115,6 +118,10 @@ class CodeCompletionTask:
         tok = load_tokenizer(self.data_dir)
         if not isinstance(tok, FIMTokenizer):
             raise ValueError(f"{self.data_dir}: tokenizer {tok.to_dict().get('kind')} has no FIM sentinels")
+        if self.repo_retrieval is not None:  # a bad ranker (or an embedding ranker without a model) fails now
+            from tasks.code_completion.repo_retrieval import make_ranker
+
+            make_ranker(self.retrieval_settings(run.init_from)["ranker"])
         net = run.backbone(tok, causal=True, max_length=self.max_length)
         systems: dict[str, torch.nn.Module] = {}
         metrics: dict[str, Any] = {"data/eval_split": self.eval_split}
@@ -246,7 +253,11 @@ class CodeCompletionTask:
             return preambles(self.retrieval_settings(init_from), cases, names, self.texts(tok, split), tok)[0]
 
         fit_cases = ev.line_cases(self.texts(tok, self.gate_split), self.gate_prompts, seed + 3)
-        own = {k: line_preds[f"{k}+repo" if self.repo_retrieval is not None else k] for k in completers}
+        # each system's own line, written with the first round's chunks as on the fit prompts (a RepoCoder
+        # second round's line is rewritten from those chunks)
+        rounds = int(self.repo_retrieval["iterations"]) if self.repo_retrieval is not None else 1
+        own = {} if rounds > 1 else {k: line_preds[f"{k}+repo" if self.repo_retrieval is not None else k]
+                                     for k in completers}
         preds, scorers = evaluate_rerank(completers, fit_cases, retrieved(self.gate_split, fit_cases), lines,
                                          retrieved(self.eval_split, lines), own,
                                          candidates=int(self.rerank_candidates), batch_size=self.batch_size,
