@@ -4,6 +4,9 @@ bench settings of the task's YAML (`conf/task/code_completion.yaml`, `humaneval:
 
     nice -n 10 python bench/humaneval_exports.py --run runs/code_completion task.humaneval.problems=20
 
+`--corpus DIR` (repeatable: prepared `fm-prep code` directories, their train splits) adds the
+decontamination check of the problems against those files (the pre-training and fine-tuning corpora).
+
 Each system decodes with the repetition handling its run chose (`metrics.json`, else `decoding.json`).
 Writes JSON (flat metrics) and prints the table.
 """
@@ -23,6 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True)
     ap.add_argument("--out", default=str(RESULTS / "humaneval_exports.json"))
+    ap.add_argument("--corpus", action="append", default=[], help="fm-prep code directory; its train split is checked")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     import torch
@@ -37,7 +41,16 @@ def main() -> None:
     completers = code_completers(run, task, done)
     bench = instantiate(cfg.task.humaneval)
     t = time.perf_counter()
-    metrics, _ = bench.run(completers, int(cfg.seed))
+
+    def corpus():  # every train file of the given prepared corpora, for the decontamination check
+        from fm_core.shards import ShardDataset, load_tokenizer
+
+        for d in args.corpus:
+            train, tok = ShardDataset(Path(d) / "train"), load_tokenizer(d)
+            paths = train.column("path")
+            yield from ((f"{d}:{paths[i]}", tok.decode(train.array(i))) for i in range(len(train)))
+
+    metrics, _ = bench.run(completers, int(cfg.seed), corpus if args.corpus else None)
     metrics["seconds"] = time.perf_counter() - t
     res = {"run": str(run), "metrics": metrics, "decoding": {k: [c.repetition_penalty, c.no_repeat_ngram]
                                                               for k, c in completers.items()},
