@@ -49,13 +49,15 @@ PRECISIONS = {**DTYPES, "int8": torch.float32}
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
-    """``auto`` -> ``bfloat16`` on a CPU with AMX-BF16 tiles and AVX512-BF16 (bench/embed_peers.json:
-    1.98x transformers SDPA in CPU-s against float32's 1.23x, min cosine 0.99997 of the float32
-    embeddings), else ``float32`` (without AMX, bf16 matrix products ran 4x slower than float32 on
-    this project's other CPU; GPUs are not measured yet). Any other value is returned as it is."""
+    """``auto`` -> ``bfloat16`` on a CPU with AVX512-BF16 instructions, with or without AMX tiles
+    (bench/embed_peers.json, a Xeon with AMX: 1.98x transformers SDPA in CPU-s against float32's
+    1.23x; bench/embed_peers_zen4.json, an AMD EPYC with AVX512-BF16 and no AMX: 1.82x against
+    1.44x; min cosine 0.99997 of the float32 embeddings on both), else ``float32`` (on AVX-512
+    without BF16, bf16 matrix products ran 4x slower than float32 on this project's other CPU;
+    GPUs are not measured yet). Any other value is returned as it is."""
     if precision != "auto":
         return precision
-    if torch.device(device).type == "cpu" and torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported():
+    if torch.device(device).type == "cpu" and torch.cpu._is_avx512_bf16_supported():
         return "bfloat16"
     return "float32"
 

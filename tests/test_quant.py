@@ -47,16 +47,16 @@ def test_int8_refused_off_cpu_and_unknown_precisions(net, alphabet):
         Embedder(net, alphabet, precision="int4")
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(alphabet, monkeypatch, amx):
+@pytest.mark.parametrize("amx,avx512_bf16", [(True, True), (False, True), (False, False)])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_instructions(alphabet, monkeypatch, amx, avx512_bf16):
     import torch
 
     from fm_core.embed import resolve_precision
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    want = "bfloat16" if amx else "float32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    want = "bfloat16" if avx512_bf16 else "float32"
     assert resolve_precision("auto") == want and resolve_precision("int8") == "int8"
     assert resolve_precision("auto", "cuda") == "float32"  # GPUs: not measured, exact path
     e = Embedder(from_esm2_module(random_esm2("tiny", seed=3)), alphabet, precision="auto")  # own copy: it is cast
-    assert e.precision == want and e.dtype == (torch.bfloat16 if amx else torch.float32)
+    assert e.precision == want and e.dtype == (torch.bfloat16 if avx512_bf16 else torch.float32)
