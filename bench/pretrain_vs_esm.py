@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def ours(compile: bool = False, **overrides: Any) -> MaskedLM:
         net = MaskedLM(EncoderConfig.from_dict({**cfg.to_dict(), **overrides}))
-        net.load_state_dict(base.state_dict())
+        # the encoder and LM head only: the contact head fair-esm's module carries is not trained here
+        net.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("heads.")})
         net.to(DEVICE)
         if compile:
             for layer in net.encoder.layers:
