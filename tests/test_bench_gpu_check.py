@@ -48,3 +48,23 @@ def test_gpu_check_cpu_dry_run(bench_modules, tmp_path):
         # only its sign is checked here (the figures belong in bench/, not in a timed test)
         assert all(x["tokens_per_s"] > 0 and x["mfu"] > 0 for x in log)
     assert result["sizes"]["tiny"]["real_tokens"] == variants["real_tokens"] > 0
+
+
+def test_pretrain_vs_esm_cpu_smoke(bench_modules, tmp_path):
+    """The whole bench at the tiny shape: every variant runs (the fair-esm contact head once crashed it
+    unseen), and our fp32 path reproduces fair-esm's outputs from the very same weights."""
+    _, pve = bench_modules
+    out = tmp_path / "pve.json"
+    result = pve.main(["--size", "tiny", "--max-tokens", "1024", "--batches", "1", "--rounds", "1", "--ablations",
+                       "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["size"] == "tiny" and saved["real_tokens"] == result["real_tokens"] > 0
+    assert set(saved["train"]) == {"esm (fp32, padded)", "ours fp32 padded", "ours fp32 packed", "ours bf16 packed",
+                                   "transformers sdpa (fp32, padded)", "ours bf16 packed, bf16 attention",
+                                   "ours bf16 padded"}
+    assert set(saved["embed"]) == {"esm (fp32, padded)", "ours fp32 padded", "ours fp32 packed", "ours bf16 packed"}
+    assert all(v["tokens_per_s"] > 0 for kind in ("train", "embed") for v in saved[kind].values())
+    embed = saved["embed"]
+    assert embed["ours fp32 padded"]["max_abs_diff_vs_esm"] < 1e-4  # same weights, same numbers
+    assert embed["ours fp32 packed"]["vs_fp32_padded"]["cosine_min"] > 0.99999
+    assert 0.99 < embed["ours bf16 packed"]["vs_fp32_padded"]["cosine_min"] < 1.0 + 1e-6
