@@ -10,8 +10,12 @@ grouped (matmul, attention, elementwise, copy, normalisation, optimizer, other) 
 time; the matmul and attention groups are also given the GFLOP/s they reach (their useful FLOPs /
 their time) against the fp32 GEMM peak measured in the same run at the same threads, which shows
 which op holds the total back. Training: our step as ``MLMModule`` runs it (encoder, LM head on the
-masked positions, AdamW), float32 (this CPU's fastest dtype when it lacks AVX512-BF16/AMX: see the
-bf16 peak), on real batches from bench/common.real_batches.
+masked positions, AdamW) in float32 and in bf16-mixed (``torch.autocast`` as Lightning's
+``precision=bf16-mixed`` runs it, measured against the bf16 GEMM peak), on real batches from
+bench/common.real_batches. Every variant also gets ``lost_seconds`` per group: its op time minus the
+time its useful FLOPs would take at the peak of the variant's dtype (all of it for groups without
+GEMM FLOPs: element-wise ops, copies, norms, the optimizer); ``held_back_by`` names the group that
+loses the most, which is what keeps the step from the peak.
 Writes bench/profile_ops.json and prints the groups.
 """
 
@@ -51,10 +55,10 @@ def group_of(name: str) -> str:
     return next((g for g, keys in GROUPS.items() if any(k in low for k in keys)), "other")
 
 
-def profiled(fn) -> tuple[dict[str, float], list[dict[str, Any]], float]:
+def profiled(fn, dtype: torch.dtype = torch.float32) -> tuple[dict[str, float], list[dict[str, Any]], float]:
     """(seconds per group, top ops, profiled CPU seconds of the process)."""
     fn()  # untimed set-up pass
-    PEAK[0] = matmul_gflops(torch.float32)  # the peak of this moment (the machine is shared)
+    PEAK[0] = matmul_gflops(dtype)  # the peak of this moment and dtype (the machine is shared)
     c0 = time.process_time()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -79,21 +83,33 @@ def flop_parts(cfg: Any, lengths: list[int], train: bool, n_masked: int = 0) -> 
     return {k: 3 * x for k, x in parts.items()} if train else parts
 
 
+def lost_seconds(groups: dict[str, float], flops: dict[str, float], peak_gflops: float) -> dict[str, float]:
+    """Per group, op seconds beyond what its useful FLOPs take at the peak (a group with no GEMM FLOPs
+    loses all its time), largest first: what keeps the whole from the peak, in seconds."""
+    lost = {g: max(0.0, s - flops.get(g, 0.0) / 1e9 / peak_gflops) for g, s in groups.items()}
+    return dict(sorted(lost.items(), key=lambda x: -x[1]))
+
+
 def summarise(label: str, groups: dict[str, float], ops: list, cpu: float, flops: dict[str, float],
-              _peak: float) -> dict[str, Any]:
-    peak = PEAK[0]  # measured just before this variant's profiled pass
+              _peak: float, dtype: str = "fp32") -> dict[str, Any]:
+    peak = PEAK[0]  # measured just before this variant's profiled pass, in its compute dtype
     total = sum(groups.values())
-    out = {"profiled_cpu_seconds": cpu, "op_seconds_total": total, "fp32_peak_gflops_at_profile": peak,
+    out = {"profiled_cpu_seconds": cpu, "op_seconds_total": total, f"{dtype}_peak_gflops_at_profile": peak,
+           "peak_dtype": dtype,
            "share": {g: s / total for g, s in sorted(groups.items(), key=lambda x: -x[1])}, "top_ops": ops,
-           "flops": flops, "fraction_of_fp32_peak": sum(flops.values()) / 1e9 / total / peak}
+           "flops": flops, f"fraction_of_{dtype}_peak": sum(flops.values()) / 1e9 / total / peak}
     for g in ("matmul", "attention"):
         if groups.get(g):
             out[f"{g}_gflops"] = flops[g] / 1e9 / groups[g]
-            out[f"{g}_fraction_of_fp32_peak"] = out[f"{g}_gflops"] / peak
+            out[f"{g}_fraction_of_{dtype}_peak"] = out[f"{g}_gflops"] / peak
+    out["lost_seconds"] = lost_seconds(groups, flops, peak)
+    out["held_back_by"] = next(iter(out["lost_seconds"]))
+    out["lost_share"] = {g: s / total for g, s in out["lost_seconds"].items()}
     shares = ", ".join(f"{g} {100 * s:.0f}%" for g, s in out["share"].items())
-    print(f"{label}: {total:.1f} s in ops, {100 * out['fraction_of_fp32_peak']:.0f}% of the fp32 peak overall "
+    print(f"{label}: {total:.1f} s in ops, {100 * out[f'fraction_of_{dtype}_peak']:.0f}% of the {dtype} peak overall "
           f"(matmul {out.get('matmul_gflops', 0):.0f}, attention {out.get('attention_gflops', 0):.0f} GFLOP/s); "
-          f"{shares}", flush=True)
+          f"{shares}; held back by {out['held_back_by']} ({100 * out['lost_share'][out['held_back_by']]:.0f}% "
+          "of the op time lost)", flush=True)
     return out
 
 
@@ -157,25 +173,34 @@ def training(args: argparse.Namespace, peak: float) -> dict[str, Any]:
                                                attention_heads=shape["num_heads"], alphabet="ESM-1b")).train()
     opt = torch.optim.AdamW(net.parameters(), lr=4e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
     out = {"real_tokens": data["real_tokens"], "batches": args.train_batches}
-    for layout in ("padded", "packed"):
-        batches = data[layout]
+    for precision in args.train_precisions:
+        # bf16-mixed: autocast around forward and loss, as Lightning's precision plugin does; fp32 master weights
+        dtype, short = (torch.bfloat16, "bf16") if precision == "bf16-mixed" else (torch.float32, "fp32")
+        for layout in ("padded", "packed"):
+            batches = data[layout]
 
-        def step(batches=batches):
-            for b in batches:
-                hidden = net.encoder(b["input_ids"], seq_lens=b.get("seq_lens"))["hidden"]
-                selected = b["labels"] != IGNORE
-                F.cross_entropy(net.mlm_logits(hidden[selected]).float(), b["labels"][selected]).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-        n_masked = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
-        flops = flop_parts(net.config, [n for s in data["seq_lens"] for n in s], train=True, n_masked=n_masked)
-        out[f"ours_float32_{layout}"] = summarise(f"train esm2_8m {layout}", *profiled(step), flops, peak)
+            def step(batches=batches, dtype=dtype):
+                for b in batches:
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                        hidden = net.encoder(b["input_ids"], seq_lens=b.get("seq_lens"))["hidden"]
+                        selected = b["labels"] != IGNORE
+                        loss = F.cross_entropy(net.mlm_logits(hidden[selected]).float(), b["labels"][selected])
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            n_masked = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
+            flops = flop_parts(net.config, [n for s in data["seq_lens"] for n in s], train=True, n_masked=n_masked)
+            name = "ours_float32" if short == "fp32" else "ours_bf16_mixed"
+            out[f"{name}_{layout}"] = summarise(f"train esm2_8m {precision} {layout}", *profiled(step, dtype), flops,
+                                                peak, dtype=short)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", default=["esm2_8m", "esm2_35m"])
+    ap.add_argument("--sizes", nargs="*", default=["esm2_8m", "esm2_35m"], help="embedding shapes (none: training only)")
+    ap.add_argument("--train-precisions", nargs="+", default=["float32", "bf16-mixed"],
+                    choices=["float32", "bf16-mixed"])
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--train-batches", type=int, default=2)
@@ -201,13 +226,19 @@ def main() -> None:
                                                                   "normalisation"))))
     for name, t in result.get("train_esm2_8m", {}).items():
         if isinstance(t, dict):
-            s = t["share"]
-            rows.append((f"train {name}", t["op_seconds_total"], f"{100 * t['fraction_of_fp32_peak']:.0f}%",
+            s, frac = t["share"], t["fraction_of_" + t["peak_dtype"] + "_peak"]
+            rows.append((f"train {name}", t["op_seconds_total"], f"{100 * frac:.0f}%",
                          *(f"{100 * s.get(g, 0):.0f}%" for g in ("matmul", "attention", "elementwise", "copy", "gelu",
                                                                   "normalisation"))))
     print_table(f"op time by group ({args.threads} threads, fp32 peak {peaks['fp32_gflops']:.0f} GFLOP/s, "
                 f"load {result['machine']['load_avg_1m']:.1f})",
                 ("variant", "op s", "of peak", "matmul", "attention", "elementwise", "copy", "gelu", "norm"), rows)
+    for name, t in result.get("train_esm2_8m", {}).items():
+        if isinstance(t, dict):
+            lost = ", ".join(f"{g} {100 * x:.0f}%" for g, x in list(t["lost_share"].items())[:4])
+            frac = t["fraction_of_" + t["peak_dtype"] + "_peak"]
+            print(f"train {name}: {100 * frac:.0f}% of the {t['peak_dtype']} peak; share of the op time lost "
+                  f"against it: {lost}")
     write_json("profile_ops", result, args.out)
 
 

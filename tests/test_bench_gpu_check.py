@@ -68,3 +68,22 @@ def test_pretrain_vs_esm_cpu_smoke(bench_modules, tmp_path):
     assert embed["ours fp32 padded"]["max_abs_diff_vs_esm"] < 1e-4  # same weights, same numbers
     assert embed["ours fp32 packed"]["vs_fp32_padded"]["cosine_min"] > 0.99999
     assert 0.99 < embed["ours bf16 packed"]["vs_fp32_padded"]["cosine_min"] < 1.0 + 1e-6
+
+
+def test_profile_ops_lost_seconds_names_the_op_that_holds_back():
+    """bench/profile_ops.py's analysis: a group's op time beyond what its FLOPs take at the peak."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import profile_ops
+    finally:
+        sys.path.remove(str(BENCH))
+    groups = {"matmul": 2.0, "attention": 1.5, "copy": 0.4}
+    flops = {"matmul": 100e9 * 1.8, "attention": 100e9 * 0.3}  # at a 100 GFLOP/s peak: 1.8 s and 0.3 s ideal
+    lost = profile_ops.lost_seconds(groups, flops, 100.0)
+    assert list(lost) == ["attention", "copy", "matmul"]
+    assert lost["attention"] == pytest.approx(1.2) and lost["copy"] == pytest.approx(0.4)
+    assert lost["matmul"] == pytest.approx(0.2)
+    profile_ops.PEAK[0] = 100.0
+    out = profile_ops.summarise("t", groups, [], 1.0, flops, 0.0, dtype="bf16")
+    assert out["held_back_by"] == "attention" and out["peak_dtype"] == "bf16"
+    assert out["fraction_of_bf16_peak"] == pytest.approx(210 / 3.9 / 100)  # 210 GFLOP in 3.9 s at 100 GFLOP/s
