@@ -50,6 +50,12 @@ GROUPS = {  # first match wins; op names of the CPU profiler (aten::..., quantiz
 }
 
 
+TRAIN_PRECISIONS = {  # --train-precisions: (result key, compute dtype whose GEMM peak it is measured against, short)
+    "float32": ("ours_float32", torch.float32, "fp32"),
+    "bf16-mixed": ("ours_bf16_mixed", torch.bfloat16, "bf16"),
+}
+
+
 def group_of(name: str) -> str:
     low = name.lower()
     return next((g for g, keys in GROUPS.items() if any(k in low for k in keys)), "other")
@@ -174,14 +180,14 @@ def training(args: argparse.Namespace, peak: float) -> dict[str, Any]:
     opt = torch.optim.AdamW(net.parameters(), lr=4e-4, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01)
     out = {"real_tokens": data["real_tokens"], "batches": args.train_batches}
     for precision in args.train_precisions:
-        # bf16-mixed: autocast around forward and loss, as Lightning's precision plugin does; fp32 master weights
-        dtype, short = (torch.bfloat16, "bf16") if precision == "bf16-mixed" else (torch.float32, "fp32")
+        name, dtype, short = TRAIN_PRECISIONS[precision]
         for layout in ("padded", "packed"):
             batches = data[layout]
 
-            def step(batches=batches, dtype=dtype):
+            def step(batches=batches, bf16=dtype == torch.bfloat16):
                 for b in batches:
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    # bf16-mixed: autocast around forward and loss, as Lightning's plugin does; fp32 master weights
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                         hidden = net.encoder(b["input_ids"], seq_lens=b.get("seq_lens"))["hidden"]
                         selected = b["labels"] != IGNORE
                         loss = F.cross_entropy(net.mlm_logits(hidden[selected]).float(), b["labels"][selected])
@@ -190,7 +196,6 @@ def training(args: argparse.Namespace, peak: float) -> dict[str, Any]:
                     opt.zero_grad(set_to_none=True)
             n_masked = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
             flops = flop_parts(net.config, [n for s in data["seq_lens"] for n in s], train=True, n_masked=n_masked)
-            name = "ours_float32" if short == "fp32" else "ours_bf16_mixed"
             out[f"{name}_{layout}"] = summarise(f"train esm2_8m {precision} {layout}", *profiled(step, dtype), flops,
                                                 peak, dtype=short)
     return out
@@ -199,8 +204,7 @@ def training(args: argparse.Namespace, peak: float) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="*", default=["esm2_8m", "esm2_35m"], help="embedding shapes (none: training only)")
-    ap.add_argument("--train-precisions", nargs="+", default=["float32", "bf16-mixed"],
-                    choices=["float32", "bf16-mixed"])
+    ap.add_argument("--train-precisions", nargs="+", default=list(TRAIN_PRECISIONS), choices=list(TRAIN_PRECISIONS))
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--train-batches", type=int, default=2)
@@ -224,21 +228,20 @@ def main() -> None:
             rows.append((f"{size} {name}", e[name]["op_seconds_total"], f"{100 * e[name]['fraction_of_fp32_peak']:.0f}%",
                          *(f"{100 * s.get(g, 0):.0f}%" for g in ("matmul", "attention", "elementwise", "copy", "gelu",
                                                                   "normalisation"))))
+    losses = []
     for name, t in result.get("train_esm2_8m", {}).items():
         if isinstance(t, dict):
             s, frac = t["share"], t["fraction_of_" + t["peak_dtype"] + "_peak"]
             rows.append((f"train {name}", t["op_seconds_total"], f"{100 * frac:.0f}%",
                          *(f"{100 * s.get(g, 0):.0f}%" for g in ("matmul", "attention", "elementwise", "copy", "gelu",
                                                                   "normalisation"))))
+            lost = ", ".join(f"{g} {100 * x:.0f}%" for g, x in list(t["lost_share"].items())[:4])
+            losses.append(f"train {name}: {100 * frac:.0f}% of the {t['peak_dtype']} peak; share of the op time lost "
+                          f"against it: {lost}")
     print_table(f"op time by group ({args.threads} threads, fp32 peak {peaks['fp32_gflops']:.0f} GFLOP/s, "
                 f"load {result['machine']['load_avg_1m']:.1f})",
                 ("variant", "op s", "of peak", "matmul", "attention", "elementwise", "copy", "gelu", "norm"), rows)
-    for name, t in result.get("train_esm2_8m", {}).items():
-        if isinstance(t, dict):
-            lost = ", ".join(f"{g} {100 * x:.0f}%" for g, x in list(t["lost_share"].items())[:4])
-            frac = t["fraction_of_" + t["peak_dtype"] + "_peak"]
-            print(f"train {name}: {100 * frac:.0f}% of the {t['peak_dtype']} peak; share of the op time lost "
-                  f"against it: {lost}")
+    print("\n".join(losses))
     write_json("profile_ops", result, args.out)
 
 
